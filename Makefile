@@ -1,0 +1,51 @@
+# The Token's Journey — every command a reader, learner, instructor or CI needs.
+# `make book` and `make test` each work on a fresh clone: they create the virtual environment first.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+COURSE_DIR ?= $(CURDIR)/course
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PORT ?= 8000
+# Tests run on the reference solutions, on both cores (one worker per file keeps a notebook whole).
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
+export COURSE_DIR
+RUN := PYTHONPATH=$(CURDIR) $(VENV)/bin/
+
+.PHONY: setup book test release autograde serve clean
+
+setup: $(VENV)/.ready
+
+# torch first: without an NVIDIA GPU, its CPU build (a few hundred MB instead of several GB).
+$(VENV)/.ready: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	@if nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install "torch==$(TORCH_VERSION)"; \
+	else \
+		$(PY) -m pip install "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+book: setup
+	rm -rf _build/html
+	COURSE_LIB_SOLUTIONS=1 $(RUN)jupyter-book build . -W -n --keep-going
+	@echo "The book is in _build/html/index.html (make serve shows it)."
+
+test: setup
+	COURSE_LIB_SOLUTIONS=1 $(RUN)python -m pytest $(PYTEST_ARGS)
+
+release: setup
+	$(RUN)python -m grader.course release
+
+autograde: setup
+	$(RUN)python -m grader.course autograde
+
+serve:
+	$(PYTHON) -m http.server $(PORT) --directory _build/html
+
+clean:
+	rm -rf _build .pytest_cache

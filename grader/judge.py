@@ -1,0 +1,68 @@
+"""The trusted judge: runs a chapter's test cells against one submission, outside any notebook kernel.
+
+    python -m grader.judge CHAPTER SUBMISSION_DIR < cells.json > verdicts.json
+
+It reads a JSON list of test-cell sources (the instructor's, never the learner's), and for each
+one runs the source in a fresh namespace of this clean process, with the instructor's
+``course_lib`` and the reference solutions. The cells drive the learner's code through
+:mod:`course_lib.grading`, which (because ``COURSE_GRADER_SUBMISSION`` is set) runs it in a
+sandboxed worker. The learner's code is never imported here, so no verdict can be rewritten by
+it. The package handed to the worker is the instructor's ``course_lib`` with only this chapter's
+exercise files taken from the submission: whatever else a submission holds is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from course_lib import exercises
+from course_lib.grading import SUBMISSION_ENV
+
+
+def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
+    """Copy the instructor's ``course_lib`` into ``into``, then the submission's exercise files of
+    ``chapter`` over it. Returns the files taken from the submission; a missing, linked or
+    non-regular file is skipped (the stub stays, and its exercises score nothing)."""
+    shutil.copytree(exercises.package_root() / "course_lib", into / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    taken = []
+    for path in sorted({e.path for e in exercises.chapter_exercises(chapter)}):
+        learner_file = submission / path
+        if learner_file.is_symlink() or not learner_file.is_file():
+            continue
+        shutil.copyfile(learner_file, into / path, follow_symlinks=False)
+        taken.append(path)
+    return taken
+
+
+def judge_cell(source: str) -> dict:
+    """Run one test cell; the verdict is what it printed and whether it raised."""
+    out = io.StringIO()
+    namespace = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(compile(source, "<test cell>", "exec"), namespace)  # noqa: S102 - the instructor's own test code
+        except Exception as err:  # noqa: BLE001 - a failing cell is a verdict, not a crash
+            return {"passed": False, "stdout": out.getvalue(), "ename": type(err).__name__, "evalue": str(err)}
+    return {"passed": True, "stdout": out.getvalue()}
+
+
+def main() -> None:
+    chapter, submission = int(sys.argv[1]), Path(sys.argv[2]).resolve()
+    sources = json.load(sys.stdin)
+    os.environ[exercises.SOLUTIONS_ENV] = "1"
+    with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
+        stage_package(chapter, submission, Path(staging))
+        os.environ[SUBMISSION_ENV] = staging
+        verdicts = [judge_cell(source) for source in sources]
+    json.dump(verdicts, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

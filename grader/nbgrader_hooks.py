@@ -1,0 +1,101 @@
+"""nbgrader preprocessors that make ``nbgrader autograde`` grade through the trusted judge.
+
+nbgrader normally executes the submitted notebook in a kernel and scores each test cell by
+whether its output holds an error. A kernel that imported a learner's module cannot be trusted
+to report errors (the module can rewrite how they are shown), so here:
+
+- :class:`UseSourceNotebook` (sanitising step) swaps the submitted notebook's cells for the
+  instructor's source notebook: cells a learner added, edited or deleted do not matter, since
+  only the exercise files in ``course_lib/`` are the learner's work;
+- :class:`GradeInSandbox` (in place of ``Execute``) sends the test cells to
+  :mod:`grader.judge`, writes its verdicts as the cells' outputs (an error output for a failed
+  cell, which ``SaveAutoGrades`` scores as zero) and removes the hidden tests' code, so the
+  feedback shows which hidden tests failed but never how they test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+from nbgrader import utils
+from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Integer, Unicode
+
+REPO = Path(__file__).resolve().parent.parent
+HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", re.DOTALL)
+HIDDEN_NOTE = "# The hidden tests of this exercise ran on your code; their results are printed below."
+
+
+def _is_test_cell(cell) -> bool:
+    return cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell)
+
+
+def chapter_of(assignment: str) -> int:
+    found = re.fullmatch(r"ch(\d+)", assignment)
+    if not found:
+        raise ValueError(f"assignment ids look like 'ch01', got {assignment!r}")
+    return int(found.group(1))
+
+
+class UseSourceNotebook(NbGraderPreprocessor):
+    """Replace the submitted cells by the instructor's source notebook's, outputs cleared."""
+
+    source_root = Unicode(help="nbgrader's source folder: <source_root>/<assignment>/<notebook>.ipynb").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        path = Path(self.source_root) / info["assignment"] / f"{info['notebook']}.ipynb"
+        source = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+        for cell in source.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nb.cells = source.cells
+        return nb, resources
+
+
+class GradeInSandbox(NbGraderPreprocessor):
+    """Score the test cells with verdicts from :mod:`grader.judge` instead of executing a kernel."""
+
+    submitted_root = Unicode(help="nbgrader's submitted folder: <submitted_root>/<student>/<assignment>/").tag(config=True)
+    timeout = Integer(3600, help="seconds for judging one notebook").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        submission = Path(self.submitted_root) / info["student"] / info["assignment"]
+        tests = [cell for cell in nb.cells if _is_test_cell(cell)]
+        verdicts = self._judge(chapter_of(info["assignment"]), submission, [cell.source for cell in tests])
+        for cell, verdict in zip(tests, verdicts):
+            outputs = []
+            if verdict.get("stdout"):
+                outputs.append(nbformat.v4.new_output("stream", name="stdout", text=verdict["stdout"]))
+            if not verdict["passed"]:
+                line = f"{verdict['ename']}: {verdict['evalue']}"
+                outputs.append(nbformat.v4.new_output("error", ename=verdict["ename"], evalue=verdict["evalue"], traceback=[line]))
+            cell.outputs = outputs
+            cell.source = HIDDEN.sub(HIDDEN_NOTE, cell.source)
+        return nb, resources
+
+    def _judge(self, chapter: int, submission: Path, sources: list[str]) -> list[dict]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("COURSE_LIB_", "COURSE_GRADER_SUBMISSION"))}
+        env["PYTHONPATH"] = str(REPO)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "grader.judge", str(chapter), str(submission)],
+                input=json.dumps(sources), capture_output=True, text=True, cwd=REPO, env=env, timeout=self.timeout,
+            )  # fmt: skip
+            verdicts = json.loads(done.stdout) if done.returncode == 0 else None
+        except (subprocess.TimeoutExpired, json.JSONDecodeError) as err:
+            done, verdicts = None, None
+            self.log.error("judging %s failed: %s", submission, err)
+        if not isinstance(verdicts, list) or len(verdicts) != len(sources):
+            if done is not None:
+                self.log.error("the judge failed on %s:\n%s", submission, done.stderr[-4000:])
+            reason = {"passed": False, "stdout": "", "ename": "GradingError", "evalue": "the grader could not judge this notebook; ask your instructor"}
+            verdicts = [reason] * len(sources)
+        return verdicts
