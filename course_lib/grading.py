@@ -271,6 +271,7 @@ def run_checks(exercise_id: str, checks: list[Callable] | None = None, *, hidden
     Raises:
         ExerciseFailed: if any check failed, after all of them ran.
     """
+    __tracebackhide__ = True  # IPython: show the learner the failure, not the harness's frames
     entry = exercises.get(exercise_id)
     checks = visible_checks(exercise_id) if checks is None else list(checks)
     if not checks:

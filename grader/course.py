@@ -119,21 +119,37 @@ def _function(tree: ast.Module, qualname: str):
     return node
 
 
-def sanitize_submissions(root: Path) -> None:
-    """Remove links and special files from submitted/: a link could point at the instructor's files."""
+def prepare_submissions(root: Path) -> None:
+    """Make every submission gradable without trusting anything in it but its exercise files.
+
+    Links and special files are removed (a link could point at the instructor's files). A missing
+    or unreadable chapter notebook is replaced by the released one: the notebook is not graded
+    (its test cells come from the source notebook), but nbgrader needs one to record the grades.
+    """
     for path in sorted((root / "submitted").rglob("*")):
         if path.is_symlink() or not (path.is_dir() or path.is_file()):
             print(f"warning: removing {path} from the submission (links and special files are not accepted)")
             path.unlink()
+    for folder in sorted((root / "submitted").glob("*/ch[0-9][0-9]")):
+        for released in sorted((root / "release" / folder.name).glob("*.ipynb")):
+            submitted = folder / released.name
+            try:
+                nbformat.read(submitted, as_version=4)
+            except Exception as err:  # noqa: BLE001 - any unreadable notebook is replaced the same way
+                print(f"warning: {submitted} is missing or unreadable ({type(err).__name__}); using the released notebook")
+                shutil.copy(released, submitted)
 
 
 def autograde(root: Path) -> None:
     write_config(root)
-    sanitize_submissions(root)
+    prepare_submissions(root)
     for assignment in chapter_notebooks():
         if not any((root / "submitted").glob(f"*/{assignment}")):
             continue
-        nbgrader(root, "autograde", assignment, "--force")
+        try:
+            nbgrader(root, "autograde", assignment, "--force")
+        except subprocess.CalledProcessError:
+            print(f"warning: nbgrader reported errors while autograding {assignment} (see above); continuing")
         nbgrader(root, "generate_feedback", assignment, "--force")
     nbgrader(root, "export", f"--to={root / 'grades.csv'}")
     print(f"grades: {root / 'grades.csv'}")

@@ -1,0 +1,33 @@
+"""Shared fixtures. The suite runs with COURSE_LIB_SOLUTIONS=1 (set by `make test`); tests that need
+the learner's starting state switch it off with the ``stubs`` fixture."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture
+def stubs(monkeypatch):
+    """Run course_lib on the learner's stubs (the switch is read at call time)."""
+    monkeypatch.setenv("COURSE_LIB_SOLUTIONS", "0")
+
+
+@pytest.fixture
+def references(monkeypatch):
+    """Run course_lib on the reference solutions."""
+    monkeypatch.setenv("COURSE_LIB_SOLUTIONS", "1")
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """An environment for subprocesses that import course_lib from this repository."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_LIB_", "COURSE_GRADER_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env

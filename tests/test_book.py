@@ -1,0 +1,85 @@
+"""The HTML book builds with warnings as errors, renders math offline and hides what it must."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, python_env
+
+pytestmark = pytest.mark.slow
+
+JUPYTER_BOOK = str(Path(sys.executable).parent / "jupyter-book")
+
+
+def _build(source: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [JUPYTER_BOOK, "build", str(source), "--path-output", str(out), "-W", "-n", "--keep-going"],
+        env=python_env(COURSE_LIB_SOLUTIONS="1"), capture_output=True, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    done = _build(REPO, out)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return out / "_build" / "html"
+
+
+def _chapters() -> list[str]:
+    toc = (REPO / "_toc.yml").read_text()
+    return re.findall(r"^\s*- file: (book/ch\d\d_\w+)", toc, re.MULTILINE)
+
+
+def test_every_chapter_in_the_toc_is_built(html):
+    assert (html / "index.html").exists()
+    assert (html / "book" / "intro.html").exists()
+    chapters = _chapters()
+    assert chapters, "the table of contents lists no chapter"
+    for chapter in chapters:
+        assert (html / f"{chapter}.html").exists(), chapter
+
+
+def test_math_is_served_from_the_book_itself(html):
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists()
+    for chapter in _chapters():
+        page = (html / f"{chapter}.html").read_text()
+        scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', page, re.IGNORECASE)
+        assert scripts, f"{chapter} loads no MathJax (does it have math?)"
+        assert all(not s.startswith(("http:", "https:", "//")) for s in scripts), scripts
+
+
+def test_hidden_tests_and_solutions_are_not_published(html):
+    for page in html.rglob("*.html"):
+        text = page.read_text()
+        assert "BEGIN HIDDEN TESTS" not in text, page
+        assert "t.reference(" not in text, page
+    assert not any(html.rglob("solutions*")), "solutions/ must never be published"
+    assert not (html / "_sources" / "solutions").exists()
+
+
+def test_figures_are_rendered(html):
+    for chapter in _chapters():
+        page = (html / f"{chapter}.html").read_text()
+        assert re.search(r'<img[^>]+src="[^"]+\.png"', page), f"{chapter} shows no figure"
+
+
+def test_a_notebook_that_fails_to_execute_fails_the_build(tmp_path):
+    book = tmp_path / "broken"
+    book.mkdir()
+    shutil.copy(REPO / "_config.yml", book / "_config.yml")
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: broken\n")
+    (book / "intro.md").write_text("# Intro\n")
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Broken"), nbformat.v4.new_code_cell("1 / 0")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, book / "broken.ipynb")
+    done = _build(book, tmp_path / "out")
+    assert done.returncode != 0, done.stdout[-2000:]
