@@ -303,12 +303,23 @@ def render_token(token: bytes) -> str:
 
 
 def describe_merges(merges: Sequence[Pair], first: int = 0, count: int = 10) -> list[str]:
-    """Human-readable lines ``'t' + 'h' -> 'th'  (id 256)`` for a slice of learned merges."""
+    """Readable lines ``' ' + 't'  -> ' t'  (id 256)`` for a slice of learned merges.
+
+    Tokens are quoted, so leading spaces show; bytes that are not valid UTF-8 on their own
+    appear as a bytes literal (``b'\\xe4'``).
+    """
     vocab = BPETokenizer.from_merges(merges).vocab
+
+    def show(token: bytes) -> str:
+        try:
+            return repr(token.decode("utf-8"))
+        except UnicodeDecodeError:
+            return repr(token)
+
     lines = []
     for i in range(first, min(first + count, len(merges))):
         a, b = merges[i]
-        lines.append(f"{render_token(vocab[a])!s:>10} + {render_token(vocab[b])!s:<10} -> {render_token(vocab[256 + i])!s:<14} (id {256 + i})")
+        lines.append(f"{show(vocab[a]):>12} + {show(vocab[b]):<12} -> {show(vocab[256 + i]):<16} (id {256 + i})")
     return lines
 
 
