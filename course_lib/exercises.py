@@ -15,6 +15,7 @@ import importlib
 import inspect
 import operator
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +68,9 @@ def _sort_key(exercise_id: str) -> tuple[int, int]:
 def exercise(exercise_id: str, title: str, points: int):
     """Register the decorated function as exercise ``exercise_id`` worth ``points`` points."""
 
-    chapter, _, number = exercise_id.partition(".")
-    if not (chapter.isdigit() and number.isdigit()):
+    if not (isinstance(exercise_id, str) and re.fullmatch(r"[1-9][0-9]*\.[1-9][0-9]*", exercise_id)):
         raise ValueError(f"exercise id must look like '3.2', got {exercise_id!r}")
-    if not (isinstance(points, int) and points > 0):
+    if not (type(points) is int and points > 0):
         raise ValueError(f"points must be a positive int, got {points!r}")
 
     def decorate(fn):

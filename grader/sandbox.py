@@ -64,6 +64,8 @@ def _limits(memory_bytes: int, cpu_seconds: int):
             (resource.RLIMIT_CORE, 0),
         ):
             resource.setrlimit(limit, (value, value))
+        if os.geteuid() == 0:  # counted per user: once the worker runs as nobody, this caps fork bombs
+            resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
 
     return apply
 

@@ -46,7 +46,7 @@ def encode(value, keep, depth=0):
         return {"t": "dict", "v": [[encode(k, keep, depth + 1), encode(v, keep, depth + 1)] for k, v in value.items()]}
     torch = sys.modules.get("torch")
     if torch is not None and kind is torch.Tensor and str(value.dtype).replace("torch.", "") in TENSOR_DTYPES:
-        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        flat = value.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
         raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         return {"t": "tensor", "dtype": str(value.dtype).replace("torch.", ""), "shape": list(value.shape),
                 "requires_grad": bool(value.requires_grad), "v": base64.b64encode(raw).decode("ascii")}  # fmt: skip

@@ -96,6 +96,10 @@ class BPETokenizer:
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD instead, as tiktoken does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
         def resolve(value, name):
             if isinstance(value, str):

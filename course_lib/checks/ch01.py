@@ -148,7 +148,7 @@ def reproduces_tiktoken_cl100k(t):
     lib = t.learner("tokenization")
     tok = lib.BPETokenizer.from_tiktoken(lib.cl100k_base())
     enc = _cl100k()
-    for text in [SEED, "def f(x):\n    return x ** 2  # 1234567\n", "héllo 世界 👋🏽  tabs\t\tand\r\nnewlines"]:
+    for text in [SEED, "def f(x):\n    return x ** 2  # 1234567\n", "héllo 世界 👋🏽  tabs\t\tand\r\nnewlines", "lone \ud800 surrogate"]:
         t.equal(tok.encode(text), enc.encode(text), f"encode({text!r})")
 
 
