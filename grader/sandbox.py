@@ -108,7 +108,8 @@ def hidden_paths() -> list[Path]:
     for extra in [os.environ.get("COURSE_DIR", "")] + os.environ.get("COURSE_GRADER_HIDE", "").split(os.pathsep):
         if extra:
             paths.append(Path(extra).resolve())
-    return sorted(set(paths))
+    # A folder inside another hidden one (COURSE_DIR inside the repository, by default) is hidden with it.
+    return sorted(p for p in set(paths) if p.is_dir() and not any(p != q and _under(p, q) for q in paths))
 
 
 class Worker:
@@ -156,7 +157,10 @@ class Worker:
         self._buffer = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
-        ready = self._receive(_setting("COURSE_GRADER_START_TIMEOUT", 60))
+        try:
+            ready = self._receive(_setting("COURSE_GRADER_START_TIMEOUT", 60))
+        except SandboxError as err:  # no learner code has run yet: this is the sandbox's own failure
+            raise SandboxError(f"the sandbox did not start: {err}\n{self.last_stderr}") from None
         if ready != {"ready": True}:
             self.close()
             raise SandboxError("the sandboxed worker did not start")
@@ -188,6 +192,7 @@ class Worker:
             self._buffer += chunk
 
     def _fail(self, why: str):
+        self.last_stderr = self.stderr_tail()
         self.close()
         raise SandboxError(why)
 

@@ -713,3 +713,20 @@ def test_checks_run_through_the_sandbox_when_grading(tmp_path, monkeypatch, caps
         grading.run_checks("1.2")
     out = capsys.readouterr().out
     assert "3/3 checks passed" in out and "0/3 checks passed" in out
+
+
+@needs_sandbox
+def test_course_dir_inside_the_repository_is_hidden_with_it(tmp_path, secret_dir):
+    """The default layout: COURSE_DIR is a folder of the repository (and need not exist yet)."""
+    with pytest.MonkeyPatch.context() as patch:
+        _clean_env(patch)
+        patch.setenv("COURSE_DIR", str(REPO / "tests"))
+        patch.setenv("COURSE_GRADER_HIDE", f"{REPO / 'course_lib'}:{REPO / 'no-such-folder'}:{secret_dir}")
+        started = Worker(_package(tmp_path, LEARNER), call_timeout=10)
+    try:
+        lib = Remote(started, "course_lib.tokenization", [])
+        assert lib.correct(1) == [1, 2]
+        with pytest.raises(LearnerRaised):
+            lib.read(str(REPO / "tests" / "conftest.py"))
+    finally:
+        started.close()
