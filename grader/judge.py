@@ -8,7 +8,8 @@ one runs the source in a fresh namespace of this clean process, with the instruc
 :mod:`course_lib.grading`, which (because ``COURSE_GRADER_SUBMISSION`` is set) runs it in a
 sandboxed worker. The learner's code is never imported here, so no verdict can be rewritten by
 it. The package handed to the worker is the instructor's ``course_lib`` with only this chapter's
-exercise files taken from the submission: whatever else a submission holds is ignored.
+exercise files taken from the submission (and earlier chapters' modules completed with the
+references): whatever else a submission holds is ignored.
 """
 
 from __future__ import annotations
@@ -24,20 +25,39 @@ from pathlib import Path
 
 from course_lib import exercises
 from course_lib.grading import SUBMISSION_ENV
+from grader.fill import fill_module
 
 
 def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
-    """Copy the instructor's ``course_lib`` into ``into``, then the submission's exercise files of
-    ``chapter`` over it. Returns the files taken from the submission; a missing, linked or
-    non-regular file is skipped (the stub stays, and its exercises score nothing)."""
+    """Build the package the sandboxed worker imports for grading ``chapter``.
+
+    It is the instructor's ``course_lib`` with, for each exercise module:
+
+    - the submission's file, if the module holds exercises of ``chapter`` (a missing, linked or
+      non-regular file is skipped: the stub stays, and its exercises score nothing);
+    - the references filled in, if all its exercises belong to earlier chapters: a chapter's
+      grading never depends on how the learner did before (Chapter 5's GPT gets working blocks);
+    - the stubs otherwise.
+
+    Returns the files taken from the submission.
+    """
     shutil.copytree(exercises.package_root() / "course_lib", into / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    by_file: dict[str, set[int]] = {}
+    for entry in exercises.all_exercises():
+        by_file.setdefault(entry.path, set()).add(entry.chapter)
     taken = []
-    for path in sorted({e.path for e in exercises.chapter_exercises(chapter)}):
+    for path, chapters in sorted(by_file.items()):
         learner_file = submission / path
-        if learner_file.is_symlink() or not learner_file.is_file():
-            continue
-        shutil.copyfile(learner_file, into / path, follow_symlinks=False)
-        taken.append(path)
+        if chapter in chapters:
+            if learner_file.is_symlink() or not learner_file.is_file():
+                continue
+            shutil.copyfile(learner_file, into / path, follow_symlinks=False)
+            taken.append(path)
+        elif max(chapters) < chapter:
+            module = Path(path).stem
+            stub = (into / path).read_text(encoding="utf-8")
+            solution = (exercises.package_root() / "solutions" / f"{module}.py").read_text(encoding="utf-8")
+            (into / path).write_text(fill_module(stub, solution), encoding="utf-8")
     return taken
 
 

@@ -435,3 +435,27 @@ def test_exercise_ids_must_be_ascii_chapter_dot_number(bad_id):
 def test_points_must_be_a_positive_int(bad_points):
     with pytest.raises(ValueError, match="points"):
         exercises.exercise("9.9", "t", points=bad_points)
+
+
+def test_the_grader_completes_earlier_chapters_and_takes_only_this_chapters_files(tmp_path):
+    """Grading chapter N uses the submission's chapter-N files, references for earlier chapters'
+    modules, and the stubs for later ones; nothing else from the submission."""
+    from grader.judge import stage_package
+    from grader.fill import fill_module
+
+    submission = tmp_path / "submission"
+    shutil.copytree(REPO / "course_lib", submission / "course_lib")
+    (submission / "course_lib" / "tokenization.py").write_text("# the learner's file\n")
+    (submission / "course_lib" / "grading.py").write_text("# a tampered harness\n")
+    (submission / "course_lib" / "extra.py").write_text("# a file the learner added\n")
+    staged = tmp_path / "staged"
+    assert stage_package(1, submission, staged) == ["course_lib/tokenization.py"]
+    assert (staged / "course_lib" / "tokenization.py").read_text() == "# the learner's file\n"
+    assert (staged / "course_lib" / "grading.py").read_text() == (REPO / "course_lib" / "grading.py").read_text()
+    assert not (staged / "course_lib" / "extra.py").exists()
+
+    later = max(e.chapter for e in exercises.all_exercises()) + 1
+    staged_later = tmp_path / "later"
+    assert stage_package(later, submission, staged_later) == []
+    filled = fill_module((REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text())
+    assert (staged_later / "course_lib" / "tokenization.py").read_text() == filled

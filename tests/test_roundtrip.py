@@ -164,23 +164,35 @@ def course(tmp_path_factory):
                 (folder / target).symlink_to(outside)
             else:
                 (folder / target).write_text(content)
+    # Every other chapter: an untouched release (alice) and one with every exercise solved (bob).
+    assignments = {folder.name: next(folder.glob("*.ipynb")).stem for folder in sorted((root / "release").iterdir())}
+    for assignment in assignments:
+        if assignment == CHAPTER:
+            continue
+        chapter_files = sorted({e.path for e in exercises.chapter_exercises(int(assignment[2:]))})
+        for name in ("alice", "bob"):
+            folder = root / "submitted" / name / assignment
+            shutil.copytree(root / "release" / assignment, folder)
+            for path in chapter_files if name == "bob" else []:
+                solution = (REPO / "solutions" / Path(path).name).read_text()
+                (folder / path).write_text(fill_module((folder / path).read_text(), solution))
     start = time.monotonic()
     done = _run("grader.course", "autograde", env=env)
     seconds = time.monotonic() - start
     print(f"\nautograded {len(students)} submissions in {seconds:.1f} s ({seconds / len(students):.1f} s each)")
-    return {"root": root, "students": students, "log": done.stdout + done.stderr, "env": env}
+    return {"root": root, "students": students, "assignments": assignments, "log": done.stdout + done.stderr, "env": env}
 
 
-def _grades_csv(root: Path) -> dict[str, float]:
+def _grades_csv(root: Path) -> dict[tuple[str, str], tuple[float, float]]:
     with open(root / "grades.csv", newline="") as f:
-        return {row["student_id"]: (float(row["score"]), float(row["max_score"])) for row in csv.DictReader(f)}
+        return {(row["assignment"], row["student_id"]): (float(row["score"]), float(row["max_score"])) for row in csv.DictReader(f)}
 
 
-def _cell_scores(root: Path, student: str) -> dict[str, float]:
+def _cell_scores(root: Path, student: str, assignment: str = CHAPTER, notebook: str = NOTEBOOK) -> dict[str, float]:
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "tokens-journey") as gb:
-        notebook = gb.find_submission_notebook(NOTEBOOK, CHAPTER, student)
+        notebook = gb.find_submission_notebook(notebook, assignment, student)
         return {grade.name: grade.score for grade in notebook.grades}
 
 
@@ -205,26 +217,40 @@ def test_release_holds_no_reference_code(course):
 
 def test_every_submission_gets_exactly_its_score(course):
     grades = _grades_csv(course["root"])
-    expected = {name: points for name, (_, points, _) in course["students"].items()}
-    assert set(grades) == set(expected)
-    wrong = {name: (grades[name][0], points, course["students"][name][2]) for name, points in expected.items() if grades[name][0] != points}
-    assert not wrong, f"(got, expected, what) per student: {wrong}"
-    assert all(max_score == TOTAL for _, max_score in grades.values())
+    expected = {(CHAPTER, name): points for name, (_, points, _) in course["students"].items()}
+    for assignment in course["assignments"]:
+        total = sum(e.points for e in exercises.chapter_exercises(int(assignment[2:])))
+        expected[(assignment, "alice")] = 0
+        expected[(assignment, "bob")] = total
+        assert all(m == total for (a, _), (_, m) in grades.items() if a == assignment), assignment
+    assert set(expected) <= set(grades)
+    absent = {key: score for key, (score, _) in grades.items() if key not in expected}
+    assert all(score == 0 for score in absent.values()), absent  # nbgrader's rows for chapters not submitted
+    wrong = {key: (grades[key][0], points) for key, points in expected.items() if grades[key][0] != points}
+    assert not wrong, f"(got, expected) per (chapter, student): {wrong}"
+
+
+def test_every_chapter_is_released_and_graded(course):
+    graded = {e.chapter for e in exercises.all_exercises()}
+    released = {int(a[2:]) for a in course["assignments"]}
+    assert 1 in released and released <= graded
 
 
 def test_untouched_release_scores_zero_on_every_test_cell(course):
-    scores = _cell_scores(course["root"], "alice")
-    assert len(scores) == 2 * len(exercises.chapter_exercises(1))
-    assert all(score == 0 for score in scores.values()), scores
+    for assignment, notebook in course["assignments"].items():
+        scores = _cell_scores(course["root"], "alice", assignment, notebook)
+        assert len(scores) == 2 * len(exercises.chapter_exercises(int(assignment[2:])))
+        assert all(score == 0 for score in scores.values()), (assignment, scores)
 
 
 def test_solved_release_scores_full_marks_on_every_test_cell(course):
     from nbgrader.api import Gradebook
 
-    scores = _cell_scores(course["root"], "bob")
-    with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}", "tokens-journey") as gb:
-        maximum = {cell.name: cell.max_score for cell in gb.find_notebook(NOTEBOOK, CHAPTER).grade_cells}
-    assert scores == maximum
+    for assignment, notebook in course["assignments"].items():
+        scores = _cell_scores(course["root"], "bob", assignment, notebook)
+        with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}", "tokens-journey") as gb:
+            maximum = {cell.name: cell.max_score for cell in gb.find_notebook(notebook, assignment).grade_cells}
+        assert scores == maximum, assignment
 
 
 @pytest.mark.parametrize("student, lost", [("carol", "1.6"), ("dave", "1.3"), ("erin", "1.6"), ("frank", "1.3")])
