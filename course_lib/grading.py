@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,7 +160,7 @@ def _difference(actual, expected, where: str) -> tuple[str, str] | None:
 
 
 def _is_tensor(value) -> bool:
-    torch = __import__("sys").modules.get("torch")
+    torch = sys.modules.get("torch")  # a value can only be a tensor if torch is already imported
     return torch is not None and type(value) is torch.Tensor
 
 

@@ -49,7 +49,8 @@ def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
     for path, chapters in sorted(by_file.items()):
         learner_file = submission / path
         if chapter in chapters:
-            if learner_file.is_symlink() or not learner_file.is_file():
+            # Through no link, at any depth: a link could lead to the instructor's files.
+            if not learner_file.is_file() or learner_file.resolve() != submission.resolve() / path:
                 continue
             shutil.copyfile(learner_file, into / path, follow_symlinks=False)
             taken.append(path)

@@ -459,3 +459,22 @@ def test_the_grader_completes_earlier_chapters_and_takes_only_this_chapters_file
     assert stage_package(later, submission, staged_later) == []
     filled = fill_module((REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text())
     assert (staged_later / "course_lib" / "tokenization.py").read_text() == filled
+
+
+def test_the_grader_never_follows_links_out_of_a_submission(tmp_path):
+    from grader.judge import stage_package
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(REPO / "course_lib", elsewhere / "course_lib")
+    (elsewhere / "course_lib" / "tokenization.py").write_text("# not the learner's\n")
+    linked_file = tmp_path / "file-link"
+    shutil.copytree(REPO / "course_lib", linked_file / "course_lib")
+    (linked_file / "course_lib" / "tokenization.py").unlink()
+    (linked_file / "course_lib" / "tokenization.py").symlink_to(elsewhere / "course_lib" / "tokenization.py")
+    linked_folder = tmp_path / "folder-link"
+    linked_folder.mkdir()
+    (linked_folder / "course_lib").symlink_to(elsewhere / "course_lib")
+    for submission in (linked_file, linked_folder):
+        staged = tmp_path / f"staged-{submission.name}"
+        assert stage_package(1, submission, staged) == []
+        assert (staged / "course_lib" / "tokenization.py").read_text() == (REPO / "course_lib" / "tokenization.py").read_text()
