@@ -66,10 +66,12 @@ def fill_module(stub_source: str, solution_source: str) -> str:
         edits.append((start, end, textwrap.indent(body, indent)))
     for start, end, text in sorted(edits, reverse=True):
         lines[start:end] = [text]
+    present = {ast.dump(n) for n in stub_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     imports = [
         ast.get_source_segment(solution_source, n)
         for n in solution_tree.body
         if isinstance(n, (ast.Import, ast.ImportFrom))
+        and ast.dump(n) not in present
         and not (isinstance(n, ast.ImportFrom) and (n.module == "__future__" or (n.module or "").startswith("course_lib")))
     ]
     last_import = max(n.end_lineno for n in stub_tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
