@@ -1,0 +1,162 @@
+"""Chapter 4 — the transformer block: where a token's vector is rewritten, layer after layer.
+
+GPT-2's block is *pre-norm*: each of its two sub-layers reads a normalised copy of the stream
+and adds its result back onto the stream (a residual, or shortcut, connection):
+
+    x = x + dropout(attention(ln_1(x)))
+    x = x + feed_forward(ln_2(x))
+
+The width ``d_model`` never changes, so blocks stack: GPT-2 small has 12 of them. The pieces come
+from :mod:`course_lib.attention` (Chapter 3) and :mod:`course_lib.layers` (this chapter).
+
+Exercise in this module: 4.4 :meth:`TransformerBlock.forward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .attention import MultiHeadAttention
+from .exercises import exercise
+from .layers import FeedForward, LayerNorm
+
+
+class TransformerBlock(nn.Module):
+    """GPT-2's pre-norm transformer block: causal multi-head attention and a feed-forward network,
+    each behind a LayerNorm and inside a residual connection.
+
+    Args:
+        d_model: the width of the token vectors, a positive ``int``.
+        n_heads: the number of attention heads, a positive ``int`` that divides ``d_model``.
+        d_ff: the hidden width of the feed-forward network (``None``: ``4 * d_model``).
+        dropout: the dropout probability, for the attention weights, the attention output and
+            the feed-forward output (GPT-2 uses one value for all three).
+        bias: whether the linear layers and the LayerNorms have biases.
+        eps: the LayerNorms' ``eps``.
+
+    Attributes:
+        ln_1: ``LayerNorm(d_model, eps, bias)`` before attention.
+        attn: ``MultiHeadAttention(d_model, n_heads, dropout=dropout, bias=bias, causal=True)``.
+        dropout: ``nn.Dropout(dropout)`` on the attention output, before it joins the stream.
+        ln_2: ``LayerNorm(d_model, eps, bias)`` before the feed-forward network.
+        ffn: ``FeedForward(d_model, d_ff, dropout, bias)`` (its own dropout is on its output).
+        d_model, n_heads: the settings above.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int | None = None, dropout: float = 0.0, bias: bool = True,
+                 eps: float = 1e-5):  # fmt: skip
+        super().__init__()
+        self.attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, bias=bias, causal=True)  # validates the sizes
+        self.d_model, self.n_heads = d_model, n_heads
+        self.ln_1 = LayerNorm(d_model, eps, bias)
+        self.dropout = nn.Dropout(dropout)
+        self.ln_2 = LayerNorm(d_model, eps, bias)
+        self.ffn = FeedForward(d_model, d_ff, dropout, bias)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, pre-norm"
+
+    @exercise("4.4", "The pre-norm transformer block", points=4)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pass ``x`` through the block: two residual sub-layers, each reading a normalised copy.
+
+        1. ``x = x + self.dropout(self.attn(self.ln_1(x), mask))``: attention, with the causal
+           mask built into ``self.attn`` and the optional extra ``mask`` passed along;
+        2. ``x = x + self.ffn(self.ln_2(x))``: the feed-forward network (it applies its own dropout);
+        3. return ``x``.
+
+        Do not modify ``x`` in place (``x += ...``): the caller's tensor, and autograd, need it.
+
+        Args:
+            x: a floating-point tensor of shape ``(batch, seq, d_model)``, the dtype of the weights.
+            mask: ``None`` or an extra ``torch.bool`` attention mask (``True``: may attend), as for
+                :meth:`MultiHeadAttention.forward`.
+
+        Returns:
+            A tensor of shape ``(batch, seq, d_model)``: the width is kept.
+
+        Raises:
+            ValueError: if ``x`` is not a 3-D tensor with last dimension ``self.d_model``.
+
+        Example:
+            >>> block = TransformerBlock(d_model=16, n_heads=4)
+            >>> block(torch.randn(2, 5, 16)).shape
+            torch.Size([2, 5, 16])
+        """
+        raise NotImplementedError("Exercise 4.4 — `TransformerBlock.forward` in course_lib/block.py is not implemented yet")
+
+    def load_hf_gpt2_block(self, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> TransformerBlock:
+        """Copy the weights of a Hugging Face ``GPT2Block`` into this block, in place; returns ``self``.
+
+        Hugging Face's GPT-2 keeps its linear layers as ``Conv1D`` modules whose weight is stored
+        transposed, ``(in_features, out_features)``, and fuses the query, key and value projections
+        into one ``attn.c_attn`` of shape ``(d_model, 3 * d_model)``, in that order. This splits and
+        transposes them into the course's ``nn.Linear`` layers:
+
+        ==========================  ====================================
+        Hugging Face (``prefix`` +)  course
+        ==========================  ====================================
+        ``ln_1``, ``ln_2``           ``ln_1``, ``ln_2``
+        ``attn.c_attn``              ``attn.q_proj``, ``k_proj``, ``v_proj``
+        ``attn.c_proj``              ``attn.out_proj``
+        ``mlp.c_fc``                 ``ffn.fc_in``
+        ``mlp.c_proj``               ``ffn.fc_out``
+        ==========================  ====================================
+
+        Other entries (such as the ``attn.bias`` mask buffer of older versions) are ignored.
+
+        Args:
+            state_dict: the ``state_dict()`` of a ``GPT2Block``, or of a whole GPT-2 model with
+                ``prefix`` naming the block, e.g. ``"transformer.h.0."`` or ``"h.0."``.
+            prefix: prepended to every key looked up.
+
+        Raises:
+            ValueError: if this block has no biases (GPT-2's layers all have them), if a key is
+                missing, or if a shape does not fit this block's sizes.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+        if self.ln_1.bias is None:
+            raise ValueError("GPT-2's block has biases everywhere: build this block with bias=True to load it")
+        d, d_ff = self.d_model, self.ffn.d_ff
+
+        def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+            key = prefix + name
+            if key not in state_dict:
+                raise ValueError(f"the state_dict has no {key!r}")
+            value = state_dict[key]
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{key!r} must have shape {shape} for d_model={d} and d_ff={d_ff}, got {tuple(value.shape)}")
+            return value.detach()
+
+        c_attn_w, c_attn_b = get("attn.c_attn.weight", (d, 3 * d)), get("attn.c_attn.bias", (3 * d,))
+        with torch.no_grad():
+            for ours, hf in ((self.ln_1, "ln_1"), (self.ln_2, "ln_2")):
+                ours.weight.copy_(get(f"{hf}.weight", (d,)))
+                ours.bias.copy_(get(f"{hf}.bias", (d,)))
+            # c_attn's columns hold q | k | v; a Linear's rows are its outputs, hence the transpose.
+            for proj, w, b in zip((self.attn.q_proj, self.attn.k_proj, self.attn.v_proj),
+                                  c_attn_w.split(d, dim=1), c_attn_b.split(d)):  # fmt: skip
+                proj.weight.copy_(w.T)
+                proj.bias.copy_(b)
+            self.attn.out_proj.weight.copy_(get("attn.c_proj.weight", (d, d)).T)
+            self.attn.out_proj.bias.copy_(get("attn.c_proj.bias", (d,)))
+            self.ffn.fc_in.weight.copy_(get("mlp.c_fc.weight", (d, d_ff)).T)
+            self.ffn.fc_in.bias.copy_(get("mlp.c_fc.bias", (d_ff,)))
+            self.ffn.fc_out.weight.copy_(get("mlp.c_proj.weight", (d_ff, d)).T)
+            self.ffn.fc_out.bias.copy_(get("mlp.c_proj.bias", (d,)))
+        return self
+
+
+def block_parameters(d_model: int, d_ff: int | None = None, bias: bool = True) -> int:
+    """The number of parameters of a :class:`TransformerBlock`: attention ``4 d² (+ 4 d)``,
+    feed-forward ``2 d d_ff (+ d_ff + d)``, two LayerNorms ``2 d (+ 2 d)``. For GPT-2
+    (``d_ff = 4 d``, biases) that is ``12 d² + 13 d``."""
+    from .layers import feed_forward_parameters
+
+    attention = 4 * d_model * d_model + (4 * d_model if bias else 0)
+    norms = 2 * d_model * (2 if bias else 1)
+    return attention + feed_forward_parameters(d_model, d_ff, bias) + norms
