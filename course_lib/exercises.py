@@ -21,7 +21,7 @@ from pathlib import Path
 
 #: The course_lib modules that hold exercises, in chapter order. Importing all of them fills
 #: the registry; ``course_lib.exercises.all_exercises()`` does exactly that.
-EXERCISE_MODULES = ("tokenization", "embeddings", "attention", "layers", "block")
+EXERCISE_MODULES = ("tokenization", "embeddings", "attention", "layers", "block", "gpt", "training", "sampling")
 
 SOLUTIONS_ENV = "COURSE_LIB_SOLUTIONS"
 

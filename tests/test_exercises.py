@@ -74,6 +74,22 @@ def _plausible_call(entry: exercises.Exercise):
             "TransformerBlock.forward": (block.TransformerBlock(4, 2).forward, (x,)),
         }[entry.qualname]
 
+    if entry.module in ("gpt", "training", "sampling"):  # Chapter 5: a tiny GPT, its loss, a step, sampling
+        import torch
+
+        from course_lib import gpt, sampling, training
+
+        model = gpt.GPT(gpt.GPTConfig(vocab_size=11, context_length=4, d_model=8, n_layers=1, n_heads=2))
+        ids, logits = torch.tensor([[1, 2, 3]]), torch.zeros(1, 3, 11)
+        return {
+            "GPT.forward": (model.forward, (ids,)),
+            "count_parameters": (exercises.implementation(entry), (model.config,)),
+            "cross_entropy_loss": (exercises.implementation(entry), (logits, ids)),
+            "train_step": (exercises.implementation(entry), (model, training.make_optimizer(model), ids, ids)),
+            "next_token_probs": (exercises.implementation(entry), (logits[:, -1],)),
+            "generate": (exercises.implementation(entry), (model, ids, 2)),
+        }[entry.qualname]
+
     single_bytes = {bytes([b]): b for b in range(256)}
     calls = {
         "pretokenize": ("Hello world!!! It's 2024.",),
