@@ -16,6 +16,7 @@ import inspect
 import operator
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,10 @@ def exercise(exercise_id: str, title: str, points: int):
         raise ValueError(f"points must be a positive int, got {points!r}")
 
     def decorate(fn):
-        module = fn.__module__.rpartition(".")[2]
+        module = fn.__module__
+        if module == "__main__":  # `python -m course_lib.training`: the module's real name is in its spec
+            module = sys.modules["__main__"].__spec__.name
+        module = module.rpartition(".")[2]
         entry = Exercise(exercise_id, title, module, fn.__qualname__, points)
         known = REGISTRY.get(exercise_id)
         if known is not None and (known.module, known.qualname) != (entry.module, entry.qualname):

@@ -23,15 +23,6 @@ from torch import nn
 
 from .exercises import exercise
 
-if __name__ == "__main__":  # `python -m course_lib.training`: run main() of the module imported under its own name,
-    import sys  # so that its exercises register as course_lib.training's, not as __main__'s
-
-    from course_lib.training import main
-
-    main()
-    sys.exit(0)
-
-
 @exercise("5.3", "The next-token cross-entropy loss", points=2)
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The mean next-token cross-entropy: ``-log softmax(logits)[target]``, averaged over every
@@ -231,3 +222,6 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         torch.save(model.state_dict(), args.out)
     return history
 
+
+if __name__ == "__main__":
+    main()
