@@ -145,7 +145,7 @@ def train(model: nn.Module, ids: torch.Tensor, steps: int, batch_size: int, cont
     Returns:
         ``{"train": [loss of each step], "val_step": [steps measured], "val": [held-out losses]}``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the plain text bar: it shows in a terminal and in a notebook alike
 
     from .data import get_batch
 
@@ -163,7 +163,7 @@ def train(model: nn.Module, ids: torch.Tensor, steps: int, batch_size: int, cont
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
     history: dict[str, list] = {"train": [], "val_step": [], "val": []}
     model.train()
-    bar = tqdm(range(1, steps + 1), disable=not progress, desc="training")
+    bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=1.0)
     for step in bar:
         x, y = get_batch(ids, batch_size, context_length, generator)
         history["train"].append(train_step(model, optimizer, x.to(dev), y.to(dev), max_grad_norm=max_grad_norm))
