@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -31,3 +32,12 @@ def python_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
+
+
+def seeded_randn(seed: int, *shape: int, dtype=torch.float64) -> torch.Tensor:
+    """Standard-normal values from a generator of their own, so tests never share random state."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def assert_close(actual, expected, tol=1e-10):
+    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 from course_lib import attention as at
 
+from conftest import assert_close as _close
+from conftest import seeded_randn as _randn
+
 matplotlib.use("Agg")
 
 F64 = torch.float64
@@ -24,14 +27,6 @@ F64 = torch.float64
 @pytest.fixture(autouse=True)
 def _on_references(references):
     """Every test here runs on the references."""
-
-
-def _randn(seed: int, *shape: int, dtype=F64) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _close(actual, expected, tol=1e-10):
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
 
 
 # -- 3.1 scaled_dot_product_attention ---------------------------------------------------------
