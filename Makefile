@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 export COURSE_DIR
 RUN := PYTHONPATH=$(CURDIR) $(VENV)/bin/
 
-.PHONY: setup book test release autograde serve clean
+.PHONY: setup lint format book test release autograde serve clean
 
 setup: $(VENV)/.ready
 
@@ -29,6 +29,16 @@ $(VENV)/.ready: requirements.txt
 	fi
 	$(PY) -m pip install -r requirements.txt
 	touch $@
+
+# One formatter and linter for the whole tree (pyproject.toml): course_lib, solutions, hidden, grader, tests, notebooks.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=$(CURDIR) $(PY) -m grader.cells --check book/ch[0-9][0-9]_*.ipynb
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 book: setup
 	rm -rf _build/html

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import random
 
+from . import threads
+
 __all__ = ["device", "seed_everything"]
+
+threads.configure()  # before torch starts its thread pool, wherever that can still be done
 
 
 def device():

@@ -17,10 +17,7 @@ Exercises in this module: 3.1 :func:`scaled_dot_product_attention`, 3.2 :func:`c
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .exercises import exercise
@@ -83,7 +80,7 @@ def scaled_dot_product_attention(
         tensor([[[1.0000, 0.0000],
                  [0.3302, 0.6698]]])
     """
-    raise NotImplementedError("Exercise 3.1 — `scaled_dot_product_attention` in course_lib/attention.py is not implemented yet")
+    raise NotImplementedError
 
 
 @exercise("3.2", "The causal mask", points=2)
@@ -108,7 +105,7 @@ def causal_mask(seq_len: int, device: torch.device | str | None = None) -> torch
                 [ True,  True, False],
                 [ True,  True,  True]])
     """
-    raise NotImplementedError("Exercise 3.2 — `causal_mask` in course_lib/attention.py is not implemented yet")
+    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -153,7 +150,10 @@ class MultiHeadAttention(nn.Module):
         self.last_weights: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, dropout={self.dropout_p}, causal={self.causal}"
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, "
+            f"dropout={self.dropout_p}, causal={self.causal}"
+        )
 
     @exercise("3.3", "Multi-head attention", points=4)
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,7 +191,7 @@ class MultiHeadAttention(nn.Module):
             >>> mha(torch.randn(2, 5, 16)).shape, mha.last_weights.shape
             (torch.Size([2, 5, 16]), torch.Size([2, 4, 5, 5]))
         """
-        raise NotImplementedError("Exercise 3.3 — `MultiHeadAttention.forward` in course_lib/attention.py is not implemented yet")
+        raise NotImplementedError
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, causal: bool = True) -> MultiHeadAttention:
@@ -206,9 +206,13 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(module, nn.MultiheadAttention):
             raise ValueError(f"expected a torch.nn.MultiheadAttention, got {type(module).__name__}")
         if not module.batch_first:
-            raise ValueError("the module must be built with batch_first=True, as the course's (batch, seq, d_model) layout")
+            raise ValueError(
+                "the module must be built with batch_first=True, as the course's (batch, seq, d_model) layout"
+            )
         if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
-            raise ValueError("only a plain nn.MultiheadAttention can be converted (no kdim/vdim, add_bias_kv or add_zero_attn)")
+            raise ValueError(
+                "only a plain nn.MultiheadAttention can be converted (no kdim/vdim, add_bias_kv or add_zero_attn)"
+            )
         weight = module.in_proj_weight
         bias = module.in_proj_bias is not None
         new = cls(module.embed_dim, module.num_heads, dropout=module.dropout, bias=bias, causal=causal)
@@ -315,7 +319,9 @@ def plot_attention(weights: torch.Tensor, tokens: list[str], ax=None, title: str
     import matplotlib.pyplot as plt
 
     if not isinstance(weights, torch.Tensor) or weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
-        raise ValueError(f"weights must be a square 2-D tensor (seq, seq), got {getattr(weights, 'shape', type(weights).__name__)}")
+        raise ValueError(
+            f"weights must be a square 2-D tensor (seq, seq), got {getattr(weights, 'shape', type(weights).__name__)}"
+        )
     if len(tokens) != weights.shape[0]:
         raise ValueError(f"expected {weights.shape[0]} token labels, got {len(tokens)}")
     w = weights.detach().to("cpu", torch.float64)
@@ -331,8 +337,15 @@ def plot_attention(weights: torch.Tensor, tokens: list[str], ax=None, title: str
         for r in range(n):
             for c in range(n):
                 value = w[r, c].item()
-                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7.5,
-                        color="white" if value > 0.6 else "#333333")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color="white" if value > 0.6 else "#333333",
+                )
     if title:
         ax.set_title(title)
     return ax
@@ -354,8 +367,13 @@ def plot_mask(mask: torch.Tensor, ax=None, title: str | None = None, highlight: 
     import matplotlib.pyplot as plt
 
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)} of shape {tuple(getattr(mask, 'shape', ()))}")
-    if highlight is not None and (not isinstance(highlight, torch.Tensor) or highlight.dtype != torch.bool or highlight.shape != mask.shape):
+        raise ValueError(
+            f"mask must be a 2-D bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)} "
+            f"of shape {tuple(getattr(mask, 'shape', ()))}"
+        )
+    if highlight is not None and (
+        not isinstance(highlight, torch.Tensor) or highlight.dtype != torch.bool or highlight.shape != mask.shape
+    ):
         raise ValueError(f"highlight must be a bool tensor of the mask's shape {tuple(mask.shape)}")
     m = mask.detach().cpu()
     image = torch.ones(*m.shape, 3)  # white

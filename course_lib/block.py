@@ -46,8 +46,15 @@ class TransformerBlock(nn.Module):
         d_model, n_heads: the settings above.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int | None = None, dropout: float = 0.0, bias: bool = True,
-                 eps: float = 1e-5):  # fmt: skip
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, bias=bias, causal=True)  # validates the sizes
         self.d_model, self.n_heads = d_model, n_heads
@@ -86,7 +93,7 @@ class TransformerBlock(nn.Module):
             >>> block(torch.randn(2, 5, 16)).shape
             torch.Size([2, 5, 16])
         """
-        raise NotImplementedError("Exercise 4.4 — `TransformerBlock.forward` in course_lib/block.py is not implemented yet")
+        raise NotImplementedError
 
     def load_hf_gpt2_block(self, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> TransformerBlock:
         """Copy the weights of a Hugging Face ``GPT2Block`` into this block, in place; returns ``self``.
@@ -129,7 +136,9 @@ class TransformerBlock(nn.Module):
                 raise ValueError(f"the state_dict has no {key!r}")
             value = state_dict[key]
             if tuple(value.shape) != shape:
-                raise ValueError(f"{key!r} must have shape {shape} for d_model={d} and d_ff={d_ff}, got {tuple(value.shape)}")
+                raise ValueError(
+                    f"{key!r} must have shape {shape} for d_model={d} and d_ff={d_ff}, got {tuple(value.shape)}"
+                )
             return value.detach()
 
         c_attn_w, c_attn_b = get("attn.c_attn.weight", (d, 3 * d)), get("attn.c_attn.bias", (3 * d,))
@@ -138,8 +147,9 @@ class TransformerBlock(nn.Module):
                 ours.weight.copy_(get(f"{hf}.weight", (d,)))
                 ours.bias.copy_(get(f"{hf}.bias", (d,)))
             # c_attn's columns hold q | k | v; a Linear's rows are its outputs, hence the transpose.
-            for proj, w, b in zip((self.attn.q_proj, self.attn.k_proj, self.attn.v_proj),
-                                  c_attn_w.split(d, dim=1), c_attn_b.split(d)):  # fmt: skip
+            for proj, w, b in zip(
+                (self.attn.q_proj, self.attn.k_proj, self.attn.v_proj), c_attn_w.split(d, dim=1), c_attn_b.split(d)
+            ):
                 proj.weight.copy_(w.T)
                 proj.bias.copy_(b)
             self.attn.out_proj.weight.copy_(get("attn.c_proj.weight", (d, d)).T)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*$", re.MULTILINE)
 
@@ -45,12 +49,15 @@ def load_shakespeare(plays: list[str] | None = None) -> str:
     return "\n".join(available[name] for name in names)
 
 
-def encode_corpus(text: str, tokenizer) -> "torch.Tensor":
+def encode_corpus(text: str, tokenizer) -> torch.Tensor:
     """The token ids of ``text`` as one 1-D ``torch.int64`` tensor (``tokenizer.encode(text)``)."""
     import torch
 
     if not isinstance(text, str) or not text:
-        raise ValueError(f"text must be a non-empty str, got {type(text).__name__} of length {len(text) if isinstance(text, str) else '-'}")
+        raise ValueError(
+            f"text must be a non-empty str, got {type(text).__name__} "
+            f"of length {len(text) if isinstance(text, str) else '-'}"
+        )
     if not hasattr(tokenizer, "encode"):
         raise ValueError(f"tokenizer must have an encode(text) method, got {type(tokenizer).__name__}")
     return torch.tensor(tokenizer.encode(text), dtype=torch.int64)
@@ -72,7 +79,10 @@ def get_batch(ids, batch_size: int, context_length: int, generator=None):
         if type(value) is not int or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if ids.numel() <= context_length:
-        raise ValueError(f"ids has {ids.numel()} tokens; a window of context_length={context_length} needs at least {context_length + 1}")
+        raise ValueError(
+            f"ids has {ids.numel()} tokens; a window of context_length={context_length} "
+            f"needs at least {context_length + 1}"
+        )
     starts = torch.randint(ids.numel() - context_length, (batch_size,), generator=generator)
     offsets = torch.arange(context_length)
     inputs = ids[starts[:, None] + offsets].long()  # (batch, context)

@@ -97,7 +97,7 @@ class TokenEmbedding(nn.Module):
                     [[ 1., 10.],
                      [ 1., 10.]]], grad_fn=<IndexBackward0>)
         """
-        raise NotImplementedError("Exercise 2.1 — `TokenEmbedding.forward` in course_lib/embeddings.py is not implemented yet")
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def sinusoidal_positions(seq_len: int, d_model: int, base: float = 10000.0) -> t
         tensor([[0.0000, 1.0000, 0.0000, 1.0000],
                 [0.8415, 0.5403, 0.0100, 0.9999]])
     """
-    raise NotImplementedError("Exercise 2.2 — `sinusoidal_positions` in course_lib/embeddings.py is not implemented yet")
+    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ class InputEmbedding(nn.Module):
             >>> torch.equal(x[0, 0], x[0, 2])  # same token, different positions
             False
         """
-        raise NotImplementedError("Exercise 2.3 — `InputEmbedding.forward` in course_lib/embeddings.py is not implemented yet")
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------

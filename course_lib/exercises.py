@@ -89,12 +89,23 @@ def exercise(exercise_id: str, title: str, points: int):
         def run(*args, **kwargs):
             if solutions_enabled():
                 return reference(entry)(*args, **kwargs)
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except NotImplementedError as err:
+                if _is_the_stub(err, fn):  # a bare `raise NotImplementedError`: the registry says which one
+                    raise NotImplementedError(entry.not_implemented_message()) from None
+                raise
 
         run.exercise = entry
         return run
 
     return decorate
+
+
+def _is_the_stub(err: NotImplementedError, fn) -> bool:
+    """Whether ``err`` is the stub's own bare ``raise NotImplementedError`` (not one from deeper code)."""
+    frame = err.__traceback__.tb_next if err.__traceback__ else None  # the frame of ``fn`` itself
+    return not err.args and frame is not None and frame.tb_next is None and frame.tb_frame.f_code is fn.__code__
 
 
 def solutions_enabled() -> bool:

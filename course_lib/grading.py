@@ -8,29 +8,26 @@ The same checks run in two places:
 
 - **in the learner's notebook** (and the book build): ``t.learner("tokenization")`` is the
   ``course_lib.tokenization`` module itself, called in-process;
-- **in the instructor's grader**, which sets ``COURSE_GRADER_SUBMISSION``: the learner's module
-  lives in a sandboxed worker process (see ``grader/sandbox.py``) and ``t.learner(...)`` returns
-  a stand-in whose calls cross to it. Only plain values come back, so every comparison below
-  happens in the grader's clean process. Hidden tests also get ``t.reference(...)``: the
-  instructor's reference implementation, from which expected values are computed.
+- **in the instructor's grader**, which installs a :class:`Backend` of its own with
+  :func:`use_backend`: there the learner's module lives in another process and
+  ``t.learner(...)`` returns a stand-in whose calls cross to it. Only plain values come back, so
+  every comparison below happens in the grader's clean process. Hidden tests also get
+  ``t.reference(...)``: the instructor's reference implementation, from which expected values
+  are computed.
 
-Visible checks live in ``course_lib/checks/``; hidden tests live in the instructor's notebook.
+Visible checks live in ``course_lib/checks/``; hidden tests are the instructor's, never released.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any, Protocol
 
 from . import exercises
-
-#: Set by the instructor's grader only: the folder holding the submission's ``course_lib``.
-SUBMISSION_ENV = "COURSE_GRADER_SUBMISSION"
 
 _VISIBLE: dict[str, list[Callable]] = {}
 
@@ -64,8 +61,45 @@ def visible_checks(exercise_id: str) -> list[Callable]:
 # --------------------------------------------------------------------------------------
 
 
-class _InProcess:
+class GradingError(RuntimeError):
+    """The grading machine failed, not the learner's code: no verdict may be recorded."""
+
+
+class Backend(Protocol):
+    """Where the checks of one exercise find the learner's code.
+
+    The learner's notebook uses :class:`InProcess`. The instructor's grader installs its own
+    backend with :func:`use_backend` (a sandboxed worker whose results cross as plain values):
+    this package knows nothing of how that works.
+    """
+
+    #: Seconds all the checks of one exercise may take together, or ``None`` for no limit.
+    budget: float | None
+
+    def module(self, name: str) -> Any:
+        """The learner's ``course_lib.<name>`` (or a stand-in for it)."""
+
+    def value(self, obj: Any) -> Any:
+        """The plain value of an attribute of the learner's code."""
+
+    def describe(self, error: BaseException) -> tuple[list[str], str]:
+        """The class names (most derived first) and message of an exception the learner's code raised.
+
+        No class names (``[]``) when the learner's code failed without raising (a timeout, a crash).
+        Raises :class:`GradingError` if ``error`` is a failure of the grading machine itself.
+        """
+
+    def recover(self, error: BaseException) -> None:
+        """Called after a check failed with ``error``, before the next check runs."""
+
+    def close(self) -> None:
+        """Called once the exercise's checks have run."""
+
+
+class InProcess:
     """The learner's own modules, called directly (notebook, progress command, book build)."""
+
+    budget = None
 
     def module(self, name: str):
         return importlib.import_module(f"course_lib.{name}")
@@ -73,6 +107,9 @@ class _InProcess:
     def value(self, obj):
         return obj
 
+    def describe(self, error: BaseException) -> tuple[list[str], str]:
+        return [c.__name__ for c in type(error).__mro__], str(error)
+
     def recover(self, error: BaseException) -> None:
         pass
 
@@ -80,40 +117,13 @@ class _InProcess:
         pass
 
 
-class _Sandboxed:
-    """The learner's modules in a sandboxed worker, started on first use and after a crash."""
-
-    def __init__(self, package_dir: Path):
-        self.package_dir = package_dir
-        self.worker = None
-
-    def module(self, name: str):
-        from grader.sandbox import Remote, Worker
-
-        if self.worker is None:
-            self.worker = Worker(self.package_dir)
-        return Remote(self.worker, f"course_lib.{name}", [])
-
-    def value(self, obj):
-        from grader.sandbox import Remote
-
-        return obj.fetch() if isinstance(obj, Remote) else obj
-
-    def recover(self, error: BaseException) -> None:
-        from grader.sandbox import SandboxError
-
-        if isinstance(error, SandboxError):
-            self.close()  # the next check gets a fresh worker
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
+_backend_factory: Callable[[], Backend] = InProcess
 
 
-def _backend():
-    submission = os.environ.get(SUBMISSION_ENV)
-    return _Sandboxed(Path(submission)) if submission else _InProcess()
+def use_backend(factory: Callable[[], Backend]) -> None:
+    """Make every later :func:`run_checks` call ``factory()`` for the backend of its exercise."""
+    global _backend_factory
+    _backend_factory = factory
 
 
 # --------------------------------------------------------------------------------------
@@ -150,13 +160,22 @@ def _difference(actual, expected, where: str) -> tuple[str, str] | None:
         return None
     if _is_tensor(expected):
         if actual.dtype != expected.dtype or actual.shape != expected.shape:
-            return where, f"expected {expected.dtype} of shape {tuple(expected.shape)}, got {actual.dtype} of shape {tuple(actual.shape)}"
+            return (
+                where,
+                _mismatch(actual, expected),
+            )
         import torch
 
         return None if torch.equal(actual, expected) else (where, "tensors differ")
     if actual != expected:
         return where, f"expected {_short(expected)}, got {_short(actual)}"
     return None
+
+
+def _mismatch(actual, expected) -> str:
+    """What differs between two tensors' dtypes or shapes."""
+    found = f"{actual.dtype} of shape {tuple(actual.shape)}"
+    return f"expected {expected.dtype} of shape {tuple(expected.shape)}, got {found}"
 
 
 def _is_tensor(value) -> bool:
@@ -209,7 +228,10 @@ class Tester:
                 self._fail(what, f"expected {expected!r}, got {actual!r}")
             return
         if actual.dtype != expected.dtype or actual.shape != expected.shape:
-            self._fail(what, f"expected {expected.dtype} of shape {tuple(expected.shape)}, got {actual.dtype} of shape {tuple(actual.shape)}")
+            self._fail(
+                what,
+                _mismatch(actual, expected),
+            )
         if not torch.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True):
             gap = (actual.double() - expected.double()).abs().nan_to_num(nan=math.inf).max().item()
             self._fail(what, f"values differ by up to {gap:.3g} (atol={atol:g}, rtol={rtol:g})")
@@ -225,9 +247,9 @@ class Tester:
             fn(*args, **kwargs)
         except CheckFailed:
             raise
-        except Exception as err:  # noqa: BLE001 - any exception from the learner's code is judged here
-            types, message = _exception_types(err)
-            if types is None:
+        except Exception as err:
+            types, message = self._backend.describe(err)
+            if not types:  # the learner's code failed without raising (a timeout, a crash)
                 raise
             if exc_type.__name__ in types:
                 return message
@@ -237,24 +259,11 @@ class Tester:
         raise CheckFailed(f"expected {exc_type.__name__}, but nothing was raised")
 
 
-def _exception_types(err: BaseException) -> tuple[list[str] | None, str]:
-    """The class names of an exception raised by the learner's code, or ``None`` for a grader error."""
-    try:
-        from grader.sandbox import LearnerRaised, SandboxError
-    except ImportError:
-        return [c.__name__ for c in type(err).__mro__], str(err)
-    if isinstance(err, SandboxError):
-        return None, str(err)
-    if isinstance(err, LearnerRaised):
-        return err.types, err.message
-    return [c.__name__ for c in type(err).__mro__], str(err)
-
-
-def _explain(err: BaseException) -> str:
+def _explain(err: BaseException, backend: Backend) -> str:
     if isinstance(err, CheckFailed):
         return str(err)
-    types, message = _exception_types(err)
-    if types is None:
+    types, message = backend.describe(err)
+    if not types:
         return message
     if "NotImplementedError" in types and message.startswith("Exercise "):
         return message
@@ -278,18 +287,20 @@ def run_checks(exercise_id: str, checks: list[Callable] | None = None, *, hidden
     if not checks:
         raise ValueError(f"Exercise {exercise_id} has no checks to run")
     kind = "hidden tests" if hidden else "checks"
-    budget = time.monotonic() + float(os.environ.get("COURSE_GRADER_CELL_TIMEOUT", 300))
-    backend = _backend()
+    backend = _backend_factory()
+    deadline = None if backend.budget is None else time.monotonic() + backend.budget
     lines, passed = [], 0
     try:
         for check in checks:
-            if time.monotonic() > budget:
+            if deadline is not None and time.monotonic() > deadline:
                 lines.append(f"  ✗ {_name(check)} — not run: the exercise's time budget is spent")
                 continue
             try:
                 check(Tester(backend, hidden))
-            except Exception as err:  # noqa: BLE001 - every failure is reported, none stops the others
-                lines.append(f"  ✗ {_name(check)} — {_explain(err)}")
+            except GradingError:
+                raise  # the machine failed: no verdict for this exercise at all
+            except Exception as err:
+                lines.append(f"  ✗ {_name(check)} — {_explain(err, backend)}")
                 backend.recover(err)
             else:
                 passed += 1

@@ -102,7 +102,7 @@ class LayerNorm(nn.Module):
             >>> ln(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
             tensor([[-1.3416, -0.4472,  0.4472,  1.3416]], grad_fn=<AddBackward0>)
         """
-        raise NotImplementedError("Exercise 4.1 — `LayerNorm.forward` in course_lib/layers.py is not implemented yet")
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         >>> gelu(torch.tensor([-1.0, 0.0, 1.0]))
         tensor([-0.1587,  0.0000,  0.8413])
     """
-    raise NotImplementedError("Exercise 4.2 — `gelu` in course_lib/layers.py is not implemented yet")
+    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -163,8 +163,9 @@ class FeedForward(nn.Module):
         d_model, d_ff, approximate: the settings above.
     """
 
-    def __init__(self, d_model: int, d_ff: int | None = None, dropout: float = 0.0, bias: bool = True,
-                 approximate: str = "tanh"):  # fmt: skip
+    def __init__(
+        self, d_model: int, d_ff: int | None = None, dropout: float = 0.0, bias: bool = True, approximate: str = "tanh"
+    ):
         super().__init__()
         _check_positive_int("d_model", d_model)
         d_ff = 4 * d_model if d_ff is None else d_ff
@@ -204,7 +205,7 @@ class FeedForward(nn.Module):
             >>> ffn(torch.randn(2, 5, 8)).shape
             torch.Size([2, 5, 8])
         """
-        raise NotImplementedError("Exercise 4.3 — `FeedForward.forward` in course_lib/layers.py is not implemented yet")
+        raise NotImplementedError
 
 
 def feed_forward_parameters(d_model: int, d_ff: int | None = None, bias: bool = True) -> int:

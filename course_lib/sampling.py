@@ -22,8 +22,9 @@ from .exercises import exercise
 
 
 @exercise("5.5", "Temperature, top-k and top-p", points=3)
-def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None) -> torch.Tensor:  # fmt: skip
+def next_token_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """The distribution to sample the next token from, after temperature, top-k and top-p.
 
     Work along the last dimension, in this order:
@@ -59,12 +60,19 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
         >>> next_token_probs(torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])), top_p=0.75)
         tensor([0.6250, 0.3750, 0.0000, 0.0000])
     """
-    raise NotImplementedError("Exercise 5.5 — `next_token_probs` in course_lib/sampling.py is not implemented yet")
+    raise NotImplementedError
 
 
 @exercise("5.6", "Generate text, token by token", points=3)
-def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> torch.Tensor:  # fmt: skip
+def generate(
+    model: nn.Module,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
     """Extend every sequence of ``ids`` by ``max_new_tokens`` tokens chosen by ``model``.
 
     1. Validate the arguments (see Raises). Remember ``model.training``, then call
@@ -107,7 +115,7 @@ def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperatu
         >>> out.shape
         torch.Size([1, 13])
     """
-    raise NotImplementedError("Exercise 5.6 — `generate` in course_lib/sampling.py is not implemented yet")
+    raise NotImplementedError
 
 
 def top_tokens(probs: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from .exercises import exercise
 
+
 @exercise("5.3", "The next-token cross-entropy loss", points=2)
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The mean next-token cross-entropy: ``-log softmax(logits)[target]``, averaged over every
@@ -54,12 +55,17 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
         >>> cross_entropy_loss(logits, torch.tensor([[1, 3]]))  # ln 4
         tensor(1.3863)
     """
-    raise NotImplementedError("Exercise 5.3 — `cross_entropy_loss` in course_lib/training.py is not implemented yet")
+    raise NotImplementedError
 
 
 @exercise("5.4", "One training step", points=3)
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor,
-               max_grad_norm: float | None = None) -> float:  # fmt: skip
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    max_grad_norm: float | None = None,
+) -> float:
     """Do one step of gradient descent on one batch and return its loss.
 
     1. Clear the gradients left by the previous step: ``optimizer.zero_grad()``.
@@ -94,11 +100,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch
         >>> type(first)
         <class 'float'>
     """
-    raise NotImplementedError("Exercise 5.4 — `train_step` in course_lib/training.py is not implemented yet")
+    raise NotImplementedError
 
 
-def make_optimizer(model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.1,
-                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:  # fmt: skip
+def make_optimizer(
+    model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95)
+) -> torch.optim.AdamW:
     """AdamW [Loshchilov & Hutter, 2019] over ``model``'s parameters, with weight decay on the
     matrices (every parameter with two or more dimensions: linear weights and embedding tables)
     and none on the vectors (biases and LayerNorm scales and shifts), as is usual for GPTs."""
@@ -131,9 +138,21 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     return sum(losses) / len(losses)
 
 
-def train(model: nn.Module, ids: torch.Tensor, steps: int, batch_size: int, context_length: int, lr: float = 3e-4,
-          seed: int = 0, progress: bool = True, val_ids: torch.Tensor | None = None, eval_every: int = 50,
-          eval_batches: int = 4, max_grad_norm: float | None = 1.0, weight_decay: float = 0.1) -> dict[str, list]:  # fmt: skip
+def train(
+    model: nn.Module,
+    ids: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    context_length: int,
+    lr: float = 3e-4,
+    seed: int = 0,
+    progress: bool = True,
+    val_ids: torch.Tensor | None = None,
+    eval_every: int = 50,
+    eval_batches: int = 4,
+    max_grad_norm: float | None = 1.0,
+    weight_decay: float = 0.1,
+) -> dict[str, list]:
     """Train ``model`` on random windows of the 1-D token tensor ``ids`` for ``steps`` steps of
     :func:`train_step` with :func:`make_optimizer` (AdamW, constant learning rate, gradient
     clipping at ``max_grad_norm``).
@@ -208,13 +227,30 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     tokenizer = BPETokenizer.from_merges(train_bpe(text, args.vocab_size))
     ids = encode_corpus(text, tokenizer)
     split = int(0.9 * len(ids))
-    config = GPTConfig(vocab_size=tokenizer.n_vocab, context_length=args.context_length, d_model=args.d_model,
-                       n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout)  # fmt: skip
+    config = GPTConfig(
+        vocab_size=tokenizer.n_vocab,
+        context_length=args.context_length,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        dropout=args.dropout,
+    )
     model = GPT(config).to(course_lib.device())
-    history = train(model, ids[:split], args.steps, args.batch_size, args.context_length, lr=args.lr, seed=args.seed,
-                    val_ids=ids[split:], eval_every=max(1, args.steps // 20))  # fmt: skip
-    print(f"train loss {history['train'][-1]:.3f}, held-out loss {history['val'][-1]:.3f} "
-          f"(uniform guessing: ln {config.vocab_size} = {math.log(config.vocab_size):.3f})")  # fmt: skip
+    history = train(
+        model,
+        ids[:split],
+        args.steps,
+        args.batch_size,
+        args.context_length,
+        lr=args.lr,
+        seed=args.seed,
+        val_ids=ids[split:],
+        eval_every=max(1, args.steps // 20),
+    )
+    print(
+        f"train loss {history['train'][-1]:.3f}, held-out loss {history['val'][-1]:.3f} "
+        f"(uniform guessing: ln {config.vocab_size} = {math.log(config.vocab_size):.3f})"
+    )
     prompt = torch.tensor([tokenizer.encode("HAMLET:\n")], device=course_lib.device())
     sample = generate(model, prompt, 200, temperature=0.8, top_k=50, seed=args.seed)
     print(tokenizer.decode(sample[0].tolist()))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import csv
 import os
 import shutil
 import subprocess
@@ -47,11 +49,13 @@ def chapter_notebooks() -> dict[str, Path]:
 def write_config(root: Path) -> None:
     exclude = {a: sorted({e.path for e in exercises.chapter_exercises(int(a[2:]))}) for a in chapter_notebooks()}
     (root / "nbgrader_config.py").write_text(
-        f'''# Written by `python -m grader.course`; edit grader/course.py instead.
+        f"""# Written by `python -m grader.course`; edit grader/course.py instead.
 import sys
 sys.path.insert(0, {str(REPO)!r})
 from nbconvert.preprocessors import ClearMetadataPreprocessor
-from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, LimitOutput, OverwriteKernelspec, SaveAutoGrades
+from nbgrader.preprocessors import (
+    AssignLatePenalties, CheckCellMetadata, LimitOutput, OverwriteKernelspec, SaveAutoGrades,
+)
 from grader.nbgrader_hooks import GradeInSandbox, UseSourceNotebook
 
 c = get_config()
@@ -62,16 +66,20 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", ".DS_S
 # The learner's exercise files are their work: nbgrader must not put the stubs back over them.
 c.Autograde.exclude_overwriting = {exclude!r}
 c.Autograde.sanitize_preprocessors = [UseSourceNotebook, OverwriteKernelspec, CheckCellMetadata]
-c.Autograde.autograde_preprocessors = [GradeInSandbox, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [
+    GradeInSandbox, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+]
 c.UseSourceNotebook.source_root = {str(root / "source")!r}
 c.GradeInSandbox.submitted_root = {str(root / "submitted")!r}
-'''
+"""
     )
 
 
 def nbgrader(root: Path, *args: str) -> None:
     # nbgrader runs `alembic` to create the gradebook: the environment's scripts must be on PATH.
-    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     env.pop(exercises.SOLUTIONS_ENV, None)
     subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, env=env, check=True)
 
@@ -85,7 +93,9 @@ def release(root: Path) -> None:
             shutil.rmtree(source)
         source.mkdir(parents=True)
         shutil.copy(notebook, source / notebook.name)
-        shutil.copytree(REPO / "course_lib", source / "course_lib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            REPO / "course_lib", source / "course_lib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         nbgrader(root, "generate_assignment", assignment, "--force")
         check_release(root / "release" / assignment)
         print(f"released {assignment}: {root / 'release' / assignment}")
@@ -93,8 +103,12 @@ def release(root: Path) -> None:
 
 def check_release(folder: Path) -> None:
     """Fail loudly if a released folder holds reference code or hidden tests."""
-    if any(folder.rglob("solutions")):
-        raise SystemExit(f"{folder} contains a solutions/ folder")
+    for instructors_only in ("solutions", "hidden"):
+        if any(folder.rglob(instructors_only)):
+            raise SystemExit(f"{folder} contains a {instructors_only}/ folder")
+    for text_file in folder.rglob("*.py"):
+        if "run_hidden" in text_file.read_text(encoding="utf-8", errors="replace"):
+            raise SystemExit(f"{text_file} calls the hidden tests")
     for entry in exercises.all_exercises():
         path = folder / entry.path
         if not path.exists():
@@ -107,7 +121,7 @@ def check_release(folder: Path) -> None:
             raise SystemExit(f"{path}: Exercise {entry.id} ({entry.qualname}) is not a stub in the release")
     for notebook in folder.glob("*.ipynb"):
         text = notebook.read_text(encoding="utf-8")
-        if "BEGIN HIDDEN TESTS" in text or "BEGIN SOLUTION" in text:
+        if "BEGIN HIDDEN TESTS" in text or "BEGIN SOLUTION" in text or "run_hidden" in text:
             raise SystemExit(f"{notebook} still holds hidden tests or a solution region")
 
 
@@ -135,14 +149,79 @@ def prepare_submissions(root: Path) -> None:
             submitted = folder / released.name
             try:
                 nbformat.read(submitted, as_version=4)
-            except Exception as err:  # noqa: BLE001 - any unreadable notebook is replaced the same way
-                print(f"warning: {submitted} is missing or unreadable ({type(err).__name__}); using the released notebook")
+            except Exception as err:
+                print(
+                    f"warning: {submitted} is missing or unreadable ({type(err).__name__}); using the released notebook"
+                )
                 shutil.copy(released, submitted)
+
+
+def preflight() -> None:
+    """Prove the sandbox works before grading anything: the references must pass a check inside it.
+
+    Without this, a grading machine whose sandbox cannot run (an interpreter the sandbox's user
+    cannot read, no ``unshare``) would score every submission 0 and blame the learners.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "grader.judge", "--self-test"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise SystemExit(
+            "The grader's sandbox does not work on this machine, so nothing was graded:\n"
+            f"{(done.stdout + done.stderr).strip()[-3000:]}\n"
+            "Fix: run the grader as root or with unprivileged user namespaces and util-linux's unshare and setpriv, "
+            "with the Python environment readable by others (see 'How grading resists gaming' in the README)."
+        )
+
+
+def _failed_submissions(root: Path, assignment: str) -> list[str]:
+    """Students whose submission of ``assignment`` nbgrader could not autograde (no autograded folder)."""
+    return sorted(
+        folder.parent.name
+        for folder in (root / "submitted").glob(f"*/{assignment}")
+        if not (root / "autograded" / folder.parent.name / assignment).is_dir()
+    )
+
+
+def _forget(root: Path, failed: dict[str, list[str]]) -> None:
+    """Remove the submissions the machine failed to grade from the gradebook: no score, not even 0."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(gradebook_url(root), COURSE_ID) as gradebook:
+        for assignment, students in failed.items():
+            for student in students:
+                with contextlib.suppress(MissingEntry):
+                    gradebook.remove_submission(assignment, student)
+
+
+def _mark_csv(root: Path, path: Path, failed: dict[str, list[str]]) -> None:
+    """Add a ``status`` column to grades.csv; a submission the machine failed to grade has no score."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    for row in rows:
+        if row["student_id"] in failed.get(row["assignment"], []):
+            row.update(status="grading error", raw_score="", score="")
+        else:
+            submitted = (root / "submitted" / row["student_id"] / row["assignment"]).is_dir()
+            row["status"] = "graded" if submitted else "not submitted"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def autograde(root: Path) -> None:
     write_config(root)
     prepare_submissions(root)
+    preflight()
+    failed: dict[str, list[str]] = {}
     for assignment in chapter_notebooks():
         if not any((root / "submitted").glob(f"*/{assignment}")):
             continue
@@ -150,9 +229,19 @@ def autograde(root: Path) -> None:
             nbgrader(root, "autograde", assignment, "--force")
         except subprocess.CalledProcessError:
             print(f"warning: nbgrader reported errors while autograding {assignment} (see above); continuing")
+        failed[assignment] = _failed_submissions(root, assignment)
         nbgrader(root, "generate_feedback", assignment, "--force")
+    failed = {assignment: students for assignment, students in failed.items() if students}
+    _forget(root, failed)
     nbgrader(root, "export", f"--to={root / 'grades.csv'}")
+    _mark_csv(root, root / "grades.csv", failed)
     print(f"grades: {root / 'grades.csv'}")
+    if failed:
+        listed = ", ".join(f"{student}/{assignment}" for assignment, students in failed.items() for student in students)
+        raise SystemExit(
+            f"The grading machine failed on {listed}: no grade was recorded for them (see the errors above); "
+            "fix the machine and run `make autograde` again."
+        )
 
 
 def main() -> None:

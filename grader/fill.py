@@ -44,7 +44,11 @@ def _find(tree: ast.Module, qualname: str) -> ast.FunctionDef:
 def _body_lines(node: ast.FunctionDef, lines: list[str]) -> tuple[int, int]:
     """0-based [start, end) line span of the function's body after its docstring."""
     body = node.body
-    has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str)
+    has_doc = (
+        isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+        and isinstance(body[0].value.value, str)
+    )
     first = body[1] if has_doc and len(body) > 1 else body[0]
     if has_doc and len(body) == 1:
         raise ValueError(f"{node.name} has only a docstring")
@@ -72,7 +76,9 @@ def fill_module(stub_source: str, solution_source: str) -> str:
         for n in solution_tree.body
         if isinstance(n, (ast.Import, ast.ImportFrom))
         and ast.dump(n) not in present
-        and not (isinstance(n, ast.ImportFrom) and (n.module == "__future__" or (n.module or "").startswith("course_lib")))
+        and not (
+            isinstance(n, ast.ImportFrom) and (n.module == "__future__" or (n.module or "").startswith("course_lib"))
+        )
     ]
     last_import = max(n.end_lineno for n in stub_tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
     lines.insert(last_import, "".join(f"{line}\n" for line in imports))

@@ -5,8 +5,8 @@
 It reads a JSON list of test-cell sources (the instructor's, never the learner's), and for each
 one runs the source in a fresh namespace of this clean process, with the instructor's
 ``course_lib`` and the reference solutions. The cells drive the learner's code through
-:mod:`course_lib.grading`, which (because ``COURSE_GRADER_SUBMISSION`` is set) runs it in a
-sandboxed worker. The learner's code is never imported here, so no verdict can be rewritten by
+:mod:`course_lib.grading`, into which the judge installs :class:`grader.sandbox.SandboxBackend`: the
+learner's code runs in a sandboxed worker. The learner's code is never imported here, so no verdict can be rewritten by
 it. The package handed to the worker is the instructor's ``course_lib`` with only this chapter's
 exercise files taken from the submission (and earlier chapters' modules completed with the
 references): whatever else a submission holds is ignored.
@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from course_lib import exercises
-from course_lib.grading import SUBMISSION_ENV
+from course_lib import exercises, grading
 from grader.fill import fill_module
+from grader.sandbox import SandboxBackend
 
 
 def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
@@ -41,7 +41,9 @@ def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
 
     Returns the files taken from the submission.
     """
-    shutil.copytree(exercises.package_root() / "course_lib", into / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        exercises.package_root() / "course_lib", into / "course_lib", ignore=shutil.ignore_patterns("__pycache__")
+    )
     by_file: dict[str, set[int]] = {}
     for entry in exercises.all_exercises():
         by_file.setdefault(entry.path, set()).add(entry.chapter)
@@ -63,24 +65,45 @@ def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
 
 
 def judge_cell(source: str) -> dict:
-    """Run one test cell; the verdict is what it printed and whether it raised."""
+    """Run one test cell; the verdict is what it printed and whether it raised.
+
+    A failure of the grading machine is no verdict: it comes back as ``{"grading_error": why}``.
+    """
     out = io.StringIO()
     namespace = {"__name__": "__main__"}
     with contextlib.redirect_stdout(out):
         try:
-            exec(compile(source, "<test cell>", "exec"), namespace)  # noqa: S102 - the instructor's own test code
-        except Exception as err:  # noqa: BLE001 - a failing cell is a verdict, not a crash
+            exec(compile(source, "<test cell>", "exec"), namespace)
+        except grading.GradingError as err:
+            return {"grading_error": str(err), "stdout": out.getvalue()}
+        except Exception as err:
             return {"passed": False, "stdout": out.getvalue(), "ename": type(err).__name__, "evalue": str(err)}
     return {"passed": True, "stdout": out.getvalue()}
 
 
+def self_test() -> int:
+    """Grade the references of the first exercise in the sandbox: 0 when the sandbox works."""
+    os.environ[exercises.SOLUTIONS_ENV] = "1"
+    first = exercises.all_exercises()[0]
+    with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
+        stage_package(first.chapter + 1, Path(staging) / "none", Path(staging))  # earlier chapters: references
+        grading.use_backend(lambda: SandboxBackend(Path(staging)))
+        verdict = judge_cell(f"from course_lib.grading import run_checks\nrun_checks({first.id!r})")
+    if verdict.get("passed"):
+        return 0
+    print(verdict.get("grading_error") or f"{verdict['stdout']}{verdict.get('ename')}: {verdict.get('evalue')}")
+    return 1
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--self-test"]:
+        sys.exit(self_test())
     chapter, submission = int(sys.argv[1]), Path(sys.argv[2]).resolve()
     sources = json.load(sys.stdin)
     os.environ[exercises.SOLUTIONS_ENV] = "1"
     with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
         stage_package(chapter, submission, Path(staging))
-        os.environ[SUBMISSION_ENV] = staging
+        grading.use_backend(lambda: SandboxBackend(Path(staging)))
         verdicts = [judge_cell(source) for source in sources]
     json.dump(verdicts, sys.stdout)
 

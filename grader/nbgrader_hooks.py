@@ -43,6 +43,10 @@ def chapter_of(assignment: str) -> int:
     return int(found.group(1))
 
 
+class GradingMachineError(RuntimeError):
+    """The grading machine (not the submission) failed; nbgrader then records no grade for it."""
+
+
 class UseSourceNotebook(NbGraderPreprocessor):
     """Replace the submitted cells by the instructor's source notebook's, outputs cleared."""
 
@@ -62,7 +66,9 @@ class UseSourceNotebook(NbGraderPreprocessor):
 class GradeInSandbox(NbGraderPreprocessor):
     """Score the test cells with verdicts from :mod:`grader.judge` instead of executing a kernel."""
 
-    submitted_root = Unicode(help="nbgrader's submitted folder: <submitted_root>/<student>/<assignment>/").tag(config=True)
+    submitted_root = Unicode(help="nbgrader's submitted folder: <submitted_root>/<student>/<assignment>/").tag(
+        config=True
+    )
     timeout = Integer(3600, help="seconds for judging one notebook").tag(config=True)
 
     def preprocess(self, nb, resources):
@@ -70,25 +76,35 @@ class GradeInSandbox(NbGraderPreprocessor):
         submission = Path(self.submitted_root) / info["student"] / info["assignment"]
         tests = [cell for cell in nb.cells if _is_test_cell(cell)]
         verdicts = self._judge(chapter_of(info["assignment"]), submission, [cell.source for cell in tests])
+        failures = sorted({v["grading_error"] for v in verdicts if "grading_error" in v})
+        if failures:  # the machine failed: record nothing rather than a score the learner did not earn
+            raise GradingMachineError(f"{info['student']}/{info['assignment']}: " + "; ".join(failures))
         for cell, verdict in zip(tests, verdicts):
             outputs = []
             if verdict.get("stdout"):
                 outputs.append(nbformat.v4.new_output("stream", name="stdout", text=verdict["stdout"]))
             if not verdict["passed"]:
                 line = f"{verdict['ename']}: {verdict['evalue']}"
-                outputs.append(nbformat.v4.new_output("error", ename=verdict["ename"], evalue=verdict["evalue"], traceback=[line]))
+                outputs.append(
+                    nbformat.v4.new_output("error", ename=verdict["ename"], evalue=verdict["evalue"], traceback=[line])
+                )
             cell.outputs = outputs
             cell.source = HIDDEN.sub(HIDDEN_NOTE, cell.source)
         return nb, resources
 
     def _judge(self, chapter: int, submission: Path, sources: list[str]) -> list[dict]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("COURSE_LIB_", "COURSE_GRADER_SUBMISSION"))}
+        env = {key: value for key, value in os.environ.items() if not key.startswith("COURSE_LIB_")}
         env["PYTHONPATH"] = str(REPO)
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "grader.judge", str(chapter), str(submission)],
-                input=json.dumps(sources), capture_output=True, text=True, cwd=REPO, env=env, timeout=self.timeout,
-            )  # fmt: skip
+                input=json.dumps(sources),
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env=env,
+                timeout=self.timeout,
+            )
             verdicts = json.loads(done.stdout) if done.returncode == 0 else None
         except (subprocess.TimeoutExpired, json.JSONDecodeError) as err:
             done, verdicts = None, None
@@ -96,6 +112,5 @@ class GradeInSandbox(NbGraderPreprocessor):
         if not isinstance(verdicts, list) or len(verdicts) != len(sources):
             if done is not None:
                 self.log.error("the judge failed on %s:\n%s", submission, done.stderr[-4000:])
-            reason = {"passed": False, "stdout": "", "ename": "GradingError", "evalue": "the grader could not judge this notebook; ask your instructor"}
-            verdicts = [reason] * len(sources)
+            verdicts = [{"grading_error": "the judge crashed (see the log above)"}] * len(sources)
         return verdicts

@@ -17,6 +17,7 @@ deadlines only), for machines without ``unshare``; do not grade untrusted work t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import selectors
@@ -30,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from course_lib.grading import GradingError
 from grader import wire
 
 HERE = Path(__file__).resolve().parent
@@ -93,8 +95,15 @@ def _namespace_script(hidden: list[Path], run_dir: Path, src_dir: Path, hold: Pa
     ]
     if os.geteuid() == 0:
         lines.append(f"chown -R {NOBODY}:{NOBODY} {q(str(run_dir))}")
-        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
-                "--inh-caps=-all", "--bounding-set=-all"]  # fmt: skip
+        drop = [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
     else:  # a nested user namespace without root locks the mounts above and holds no capabilities
         drop = ["unshare", "--user"]
     lines.append(f"cd {q(str(run_dir))}")
@@ -149,11 +158,22 @@ class Worker:
         memory = _setting("COURSE_GRADER_MEMORY_MB", 4096) << 20
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=self.root,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=self.root,
                 preexec_fn=_limits(memory, _setting("COURSE_GRADER_CPU_SECONDS", 600)),
-                env={"PATH": "/usr/bin:/bin", "HOME": str(run), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
-                     "MPLCONFIGDIR": str(run), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"},
-            )  # fmt: skip
+                env={
+                    "PATH": "/usr/bin:/bin",
+                    "HOME": str(run),
+                    "LANG": "C.UTF-8",
+                    "MPLBACKEND": "Agg",
+                    "MPLCONFIGDIR": str(run),
+                    "OMP_NUM_THREADS": "1",
+                    "PYTHONHASHSEED": "0",
+                },
+            )
         self._buffer = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
@@ -188,7 +208,10 @@ class Worker:
             chunk = os.read(self.process.stdout.fileno(), 1 << 20)
             if not chunk:
                 self.process.wait()
-                self._fail(f"the process ended (exit status {self.process.returncode}) — sys.exit, os._exit, a crash or a resource limit?")
+                self._fail(
+                    f"the process ended (exit status {self.process.returncode}) — "
+                    "sys.exit, os._exit, a crash or a resource limit?"
+                )
             self._buffer += chunk
 
     def _fail(self, why: str):
@@ -220,16 +243,16 @@ class Worker:
                 self._fail("sent a malformed error")
             raise LearnerRaised(types, message_text)
         try:
-            return wire.decode(reply.get("value"), lambda handle_id, type_name, path: Remote(self, handle_id, path, type_name))
+            return wire.decode(
+                reply.get("value"), lambda handle_id, type_name, path: Remote(self, handle_id, path, type_name)
+            )
         except (wire.WireError, ValueError, TypeError, RuntimeError) as err:
             self._fail(f"sent a value that cannot be decoded ({err})")
 
     def close(self):
         if self.process is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             self.process.wait()
             for stream in (self.process.stdin, self.process.stdout):
                 stream.close()
@@ -273,3 +296,43 @@ class Remote:
     def __repr__(self) -> str:
         where = self._root if isinstance(self._root, str) else f"<{self._type_name or 'object'} #{self._root}>"
         return ".".join([where, *self._path])
+
+
+class SandboxBackend:
+    """The harness's backend in the grader: the learner's modules in a sandboxed worker.
+
+    A fresh worker starts on first use and after a crash or a timeout; a worker that cannot even
+    start is the grading machine's failure (:class:`GradingError`), never the learner's.
+    """
+
+    def __init__(self, package_dir: Path):
+        self.package_dir = package_dir
+        self.worker: Worker | None = None
+        self.budget = float(_setting("COURSE_GRADER_CELL_TIMEOUT", 300))
+
+    def module(self, name: str):
+        if self.worker is None:
+            try:
+                self.worker = Worker(self.package_dir)
+            except (SandboxError, OSError) as err:
+                raise GradingError(f"the grader's sandbox could not start: {err}") from None
+        return Remote(self.worker, f"course_lib.{name}", [])
+
+    def value(self, obj):
+        return obj.fetch() if isinstance(obj, Remote) else obj
+
+    def describe(self, error: BaseException) -> tuple[list[str], str]:
+        if isinstance(error, SandboxError):
+            return [], str(error)
+        if isinstance(error, LearnerRaised):
+            return error.types, error.message
+        return [c.__name__ for c in type(error).__mro__], str(error)
+
+    def recover(self, error: BaseException) -> None:
+        if isinstance(error, SandboxError):
+            self.close()  # the next check gets a fresh worker
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None

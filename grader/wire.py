@@ -20,8 +20,19 @@ import sys
 MAX_MESSAGE = 256 << 20  # bytes in one message
 MAX_DEPTH = 64
 TENSOR_DTYPES = (
-    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool", "complex64", "complex128",
-)  # fmt: skip
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "complex64",
+    "complex128",
+)
 
 
 class WireError(Exception):
@@ -48,8 +59,13 @@ def encode(value, keep, depth=0):
     if torch is not None and kind is torch.Tensor and str(value.dtype).replace("torch.", "") in TENSOR_DTYPES:
         flat = value.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
         raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-        return {"t": "tensor", "dtype": str(value.dtype).replace("torch.", ""), "shape": list(value.shape),
-                "requires_grad": bool(value.requires_grad), "v": base64.b64encode(raw).decode("ascii")}  # fmt: skip
+        return {
+            "t": "tensor",
+            "dtype": str(value.dtype).replace("torch.", ""),
+            "shape": list(value.shape),
+            "requires_grad": bool(value.requires_grad),
+            "v": base64.b64encode(raw).decode("ascii"),
+        }
     return keep(value)
 
 

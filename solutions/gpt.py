@@ -8,9 +8,13 @@ import torch
 class GPT:
     def forward(self, ids):
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise ValueError(f"ids must be an integer tensor of shape (batch, seq), got {getattr(ids, 'shape', type(ids).__name__)}")
+            raise ValueError(
+                f"ids must be an integer tensor of shape (batch, seq), got {getattr(ids, 'shape', type(ids).__name__)}"
+            )
         if ids.shape[1] > self.config.context_length:
-            raise ValueError(f"the sequence has {ids.shape[1]} tokens, more than the context length {self.config.context_length}")
+            raise ValueError(
+                f"the sequence has {ids.shape[1]} tokens, more than the context length {self.config.context_length}"
+            )
         x = self.embed(ids)  # (batch, seq, d_model)
         for block in self.blocks:
             x = block(x)  # (batch, seq, d_model)

@@ -7,7 +7,9 @@ import torch
 
 def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
     if not isinstance(logits, torch.Tensor) or logits.ndim < 1 or not logits.dtype.is_floating_point:
-        raise ValueError(f"logits must be a floating-point tensor of shape (..., vocab), got {getattr(logits, 'shape', type(logits).__name__)}")
+        raise ValueError(
+            f"logits must be a floating-point tensor of shape (..., vocab), got {getattr(logits, 'shape', type(logits).__name__)}"
+        )
     if type(temperature) not in (int, float) or not temperature > 0:
         raise ValueError(f"temperature must be > 0 here (use generate(temperature=0) for greedy), got {temperature!r}")
     if top_k is not None and (type(top_k) is not int or top_k < 1):
@@ -32,8 +34,16 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
 def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
     from course_lib.sampling import next_token_probs
 
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] < 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"ids must be an integer tensor of shape (batch, seq) with seq >= 1, got {getattr(ids, 'shape', type(ids).__name__)}")
+    if (
+        not isinstance(ids, torch.Tensor)
+        or ids.ndim != 2
+        or ids.shape[1] < 1
+        or ids.dtype.is_floating_point
+        or ids.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"ids must be an integer tensor of shape (batch, seq) with seq >= 1, got {getattr(ids, 'shape', type(ids).__name__)}"
+        )
     if type(max_new_tokens) is not int or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if type(temperature) not in (int, float) or temperature < 0:

@@ -109,7 +109,9 @@ class BPETokenizer:
             chosen = set(value)
             unknown = chosen - set(self.special_tokens)
             if unknown:
-                raise ValueError(f"{name} names {sorted(unknown)}, not special tokens of this tokenizer {sorted(self.special_tokens)}")
+                raise ValueError(
+                    f"{name} names {sorted(unknown)}, not special tokens of this tokenizer {sorted(self.special_tokens)}"
+                )
             return chosen
 
         allowed = resolve(allowed_special, "allowed_special")

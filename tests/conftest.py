@@ -7,11 +7,17 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import course_lib  # noqa: E402 - before torch: it sets the threads and wait policy torch's pool starts with
+
+course_lib.threads.configure()  # done on import already; said here so that no import is sorted above it
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from course_lib.checks import seeded_randn  # noqa: E402, F401 - the one seeded-tensor helper, for the tests
 
 
 @pytest.fixture
@@ -32,11 +38,6 @@ def python_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
-
-
-def seeded_randn(seed: int, *shape: int, dtype=torch.float64) -> torch.Tensor:
-    """Standard-normal values from a generator of their own, so tests never share random state."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def assert_close(actual, expected, tol=1e-10):

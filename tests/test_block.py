@@ -11,11 +11,10 @@ import math
 
 import pytest
 import torch
-
-from course_lib import block as bl
-
 from conftest import assert_close as _close
 from conftest import seeded_randn as _randn
+
+from course_lib import block as bl
 
 F64 = torch.float64
 
@@ -29,8 +28,9 @@ def _hf_block(seed: int, d_model: int, n_heads: int, eps: float = 1e-5):
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    config = GPT2Config(n_embd=d_model, n_head=n_heads, n_positions=64, resid_pdrop=0.0, attn_pdrop=0.0,
-                        layer_norm_epsilon=eps)  # fmt: skip
+    config = GPT2Config(
+        n_embd=d_model, n_head=n_heads, n_positions=64, resid_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=eps
+    )
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     block = GPT2Block(config).double().eval()
@@ -48,7 +48,9 @@ def _hf_forward(block, x):
     return out[0] if isinstance(out, tuple) else out
 
 
-@pytest.mark.parametrize("d_model, n_heads, batch, seq, eps", [(16, 4, 2, 7, 1e-5), (24, 3, 1, 1, 1e-5), (32, 8, 3, 12, 1e-2)])
+@pytest.mark.parametrize(
+    "d_model, n_heads, batch, seq, eps", [(16, 4, 2, 7, 1e-5), (24, 3, 1, 1, 1e-5), (32, 8, 3, 12, 1e-2)]
+)
 def test_block_matches_hugging_face_gpt2_block(d_model, n_heads, batch, seq, eps):
     hf = _hf_block(d_model + seq, d_model, n_heads, eps)
     ours = bl.TransformerBlock(d_model, n_heads, eps=eps).double().eval().load_hf_gpt2_block(hf.state_dict())
@@ -62,7 +64,7 @@ def test_loader_with_a_prefix_and_its_errors():
     ours = bl.TransformerBlock(16, 2).double().eval().load_hf_gpt2_block(state, prefix="transformer.h.3.")
     x = _randn(1, 2, 5, 16)
     _close(ours(x), _hf_forward(hf, x), tol=1e-6)
-    with pytest.raises(ValueError, match="no 'h.0.attn.c_attn.weight'"):
+    with pytest.raises(ValueError, match=r"no 'h.0.attn.c_attn.weight'"):
         bl.TransformerBlock(16, 2).load_hf_gpt2_block(state, prefix="h.0.")
     with pytest.raises(ValueError, match="shape"):
         bl.TransformerBlock(8, 2).load_hf_gpt2_block(hf.state_dict())
@@ -121,8 +123,14 @@ def test_block_dropout_and_gradients():
 
 def test_block_parameter_count():
     for d in (8, 32, 768):
-        assert sum(p.numel() for p in bl.TransformerBlock(d, 4).parameters()) == 12 * d * d + 13 * d == bl.block_parameters(d)
-    assert sum(p.numel() for p in bl.TransformerBlock(8, 2, d_ff=5, bias=False).parameters()) == bl.block_parameters(8, 5, False)
+        assert (
+            sum(p.numel() for p in bl.TransformerBlock(d, 4).parameters())
+            == 12 * d * d + 13 * d
+            == bl.block_parameters(d)
+        )
+    assert sum(p.numel() for p in bl.TransformerBlock(8, 2, d_ff=5, bias=False).parameters()) == bl.block_parameters(
+        8, 5, False
+    )
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(2, 4, 8)])

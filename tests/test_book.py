@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, python_env
 
 pytestmark = pytest.mark.slow
@@ -20,8 +19,10 @@ JUPYTER_BOOK = str(Path(sys.executable).parent / "jupyter-book")
 def _build(source: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [JUPYTER_BOOK, "build", str(source), "--path-output", str(out), "-W", "-n", "--keep-going"],
-        env=python_env(COURSE_LIB_SOLUTIONS="1"), capture_output=True, text=True,
-    )  # fmt: skip
+        env=python_env(COURSE_LIB_SOLUTIONS="1"),
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import embeddings as E
-from course_lib.embeddings import InputEmbedding, TokenEmbedding, cosine_similarities, rotation_by_offset, sinusoidal_positions
+from course_lib.embeddings import (
+    InputEmbedding,
+    TokenEmbedding,
+    cosine_similarities,
+    rotation_by_offset,
+    sinusoidal_positions,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +38,9 @@ def _formula(seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     return table
 
 
-def _token_embedding(vocab_size: int, d_model: int, seed: int = 0, dtype=torch.float64) -> tuple[TokenEmbedding, torch.Tensor]:
+def _token_embedding(
+    vocab_size: int, d_model: int, seed: int = 0, dtype=torch.float64
+) -> tuple[TokenEmbedding, torch.Tensor]:
     torch.manual_seed(seed)
     weight = torch.randn(vocab_size, d_model, dtype=dtype)
     emb = TokenEmbedding(vocab_size, d_model).to(dtype)
@@ -132,7 +140,9 @@ def test_lookup_is_deterministic_and_leaves_the_table_alone():
 # -- sinusoidal_positions ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("seq_len", "d_model", "base"), [(1, 2, 10000.0), (64, 16, 10000.0), (33, 6, 100.0), (20, 10, 1e6)])
+@pytest.mark.parametrize(
+    ("seq_len", "d_model", "base"), [(1, 2, 10000.0), (64, 16, 10000.0), (33, 6, 100.0), (20, 10, 1e6)]
+)
 def test_sinusoidal_table_follows_the_formula(seq_len, d_model, base):
     table = sinusoidal_positions(seq_len, d_model, base)
     assert table.dtype == torch.float32 and table.shape == (seq_len, d_model)
@@ -148,7 +158,9 @@ def test_sinusoidal_table_is_accurate_at_long_range():
 def test_sinusoidal_table_layout():
     table = sinusoidal_positions(100, 8).double()
     assert torch.equal(table[0], torch.tensor([0.0, 1.0] * 4, dtype=torch.float64))
-    torch.testing.assert_close(table[:, 0::2] ** 2 + table[:, 1::2] ** 2, torch.ones(100, 4, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        table[:, 0::2] ** 2 + table[:, 1::2] ** 2, torch.ones(100, 4, dtype=torch.float64), rtol=0, atol=1e-6
+    )
     assert table.abs().max() <= 1.0
     # Column 0 has wavelength 2 pi; the last pair turns 10000^(6/8) = 1000 times more slowly.
     torch.testing.assert_close(table[:, 0], torch.sin(torch.arange(100, dtype=torch.float64)), rtol=0, atol=1e-7)
@@ -156,8 +168,16 @@ def test_sinusoidal_table_layout():
     assert torch.equal(sinusoidal_positions(0, 8), torch.zeros(0, 8))
 
 
-@pytest.mark.parametrize(("args", "pattern"), [((4, 3), "positive even int"), ((4, 0), "positive even int"),
-                                               ((4, 7.0), "positive even int"), ((-1, 8), "seq_len"), ((2.0, 8), "seq_len")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        ((4, 3), "positive even int"),
+        ((4, 0), "positive even int"),
+        ((4, 7.0), "positive even int"),
+        ((-1, 8), "seq_len"),
+        ((2.0, 8), "seq_len"),
+    ],
+)
 def test_sinusoidal_table_rejects_bad_sizes(args, pattern):
     with pytest.raises(ValueError, match=pattern):
         sinusoidal_positions(*args)
@@ -202,8 +222,10 @@ def test_cosine_similarities_match_torch():
 
 def _input_embedding(vocab_size=40, d_model=8, context_length=12, dropout=0.0, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
-    weights = {"token.weight": torch.randn(vocab_size, d_model, dtype=dtype),
-               "position.weight": torch.randn(context_length, d_model, dtype=dtype)}  # fmt: skip
+    weights = {
+        "token.weight": torch.randn(vocab_size, d_model, dtype=dtype),
+        "position.weight": torch.randn(context_length, d_model, dtype=dtype),
+    }
     emb = InputEmbedding(vocab_size, d_model, context_length, dropout).to(dtype)
     emb.load_state_dict(weights)
     return emb, weights["token.weight"], weights["position.weight"]
@@ -221,8 +243,17 @@ def test_input_embedding_parts_names_and_initialisation():
     assert "context_length=1024" in repr(emb)
 
 
-@pytest.mark.parametrize(("args", "pattern"), [((10, 4, 0), "context_length"), ((10, 0, 8), "d_model"), ((0, 4, 8), "vocab_size"),
-                                               ((10, 4, 8, 1.0), "dropout"), ((10, 4, 8, -0.1), "dropout"), ((10, 4, 8, "0.1"), "dropout")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        ((10, 4, 0), "context_length"),
+        ((10, 0, 8), "d_model"),
+        ((0, 4, 8), "vocab_size"),
+        ((10, 4, 8, 1.0), "dropout"),
+        ((10, 4, 8, -0.1), "dropout"),
+        ((10, 4, 8, "0.1"), "dropout"),
+    ],
+)
 def test_input_embedding_rejects_bad_settings(args, pattern):
     with pytest.raises(ValueError, match=pattern):
         InputEmbedding(*args)
@@ -238,7 +269,7 @@ def test_input_embedding_adds_tokens_and_positions(shape):
 
 
 def test_the_two_dogs_differ_only_by_their_positions():
-    emb, tokens, positions = _input_embedding()
+    emb, _tokens, positions = _input_embedding()
     out = emb(torch.tensor([[5, 9, 5]]))
     assert not torch.equal(out[0, 0], out[0, 2])
     torch.testing.assert_close(out[0, 0] - out[0, 2], positions[0] - positions[2])

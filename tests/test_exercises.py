@@ -16,11 +16,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import REPO, python_env
+
 from course_lib import exercises
 from course_lib.grading import ExerciseFailed, run_checks
+from grader import cells
 from grader.fill import fill_module
+from hidden import hidden_tests, run_hidden
 
 ALL = exercises.all_exercises()
 IDS = [e.id for e in ALL]
@@ -31,83 +33,6 @@ MODULES = sorted({e.module for e in ALL})  # every course_lib module that holds 
 
 def _exercise_file(module: str) -> Path:
     return REPO / "course_lib" / f"{module}.py"
-
-
-def _plausible_call(entry: exercises.Exercise):
-    """(callable, args) that exercise ``entry`` with arguments its docstring allows."""
-    from course_lib.tokenization import BPETokenizer
-
-    if entry.module == "embeddings":  # Chapter 2: methods are called on small instances
-        import torch
-
-        from course_lib import embeddings
-
-        ids = torch.tensor([[1, 2, 3]])
-        return {
-            "TokenEmbedding.forward": (embeddings.TokenEmbedding(10, 4).forward, (ids,)),
-            "sinusoidal_positions": (exercises.implementation(entry), (4, 8)),
-            "InputEmbedding.forward": (embeddings.InputEmbedding(10, 4, 8).forward, (ids,)),
-        }[entry.qualname]
-
-    if entry.module == "attention":  # Chapter 3: the forward method is called on a small layer
-        import torch
-
-        from course_lib import attention
-
-        qkv = torch.ones(1, 3, 4)
-        return {
-            "scaled_dot_product_attention": (exercises.implementation(entry), (qkv, qkv, qkv)),
-            "causal_mask": (exercises.implementation(entry), (3,)),
-            "MultiHeadAttention.forward": (attention.MultiHeadAttention(4, 2).forward, (qkv,)),
-        }[entry.qualname]
-
-    if entry.module in ("layers", "block"):  # Chapter 4: functions, and forward methods of small layers
-        import torch
-
-        from course_lib import block, layers
-
-        x = torch.ones(1, 3, 4)
-        return {
-            "LayerNorm.forward": (layers.LayerNorm(4).forward, (x,)),
-            "gelu": (exercises.implementation(entry), (x,)),
-            "FeedForward.forward": (layers.FeedForward(4).forward, (x,)),
-            "TransformerBlock.forward": (block.TransformerBlock(4, 2).forward, (x,)),
-        }[entry.qualname]
-
-    if entry.module in ("gpt", "training", "sampling"):  # Chapter 5: a tiny GPT, its loss, a step, sampling
-        import torch
-
-        from course_lib import gpt, sampling, training
-
-        model = gpt.GPT(gpt.GPTConfig(vocab_size=11, context_length=4, d_model=8, n_layers=1, n_heads=2))
-        ids, logits = torch.tensor([[1, 2, 3]]), torch.zeros(1, 3, 11)
-        return {
-            "GPT.forward": (model.forward, (ids,)),
-            "count_parameters": (exercises.implementation(entry), (model.config,)),
-            "cross_entropy_loss": (exercises.implementation(entry), (logits, ids)),
-            "train_step": (exercises.implementation(entry), (model, training.make_optimizer(model), ids, ids)),
-            "next_token_probs": (exercises.implementation(entry), (logits[:, -1],)),
-            "generate": (exercises.implementation(entry), (model, ids, 2)),
-        }[entry.qualname]
-
-    single_bytes = {bytes([b]): b for b in range(256)}
-    calls = {
-        "pretokenize": ("Hello world!!! It's 2024.",),
-        "merge_pair": ([1, 2, 3, 1, 2], (1, 2), 99),
-        "train_bpe": ("aaabdaaabac", 259),
-        "bpe_encode_piece": (b"abcab", single_bytes | {b"ab": 256, b"abc": 257}),
-        "BPETokenizer.encode": ("hello world",),
-        "BPETokenizer.decode": ([104, 105],),
-    }
-    if entry.qualname not in calls:
-        pytest.fail(f"add plausible arguments for Exercise {entry.id} ({entry.qualname}) to this test")
-    if "." in entry.qualname:  # a method: call it on an instance
-        owner, _, name = entry.qualname.rpartition(".")
-        assert owner == "BPETokenizer", f"add an instance of {owner} to this test"
-        fn = getattr(BPETokenizer.from_merges([(104, 105)]), name)
-    else:
-        fn = exercises.implementation(entry)
-    return fn, calls[entry.qualname]
 
 
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -125,19 +50,51 @@ def _copy_course_lib(into: Path) -> Path:
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
-def test_stub_raises_its_not_implemented_message(stubs, exercise_id):
+def test_stub_is_a_bare_raise_and_its_message_comes_from_the_registry(exercise_id):
     entry = exercises.get(exercise_id)
-    fn, args = _plausible_call(entry)
+    stub = exercises.implementation(entry).__wrapped__
+    node = _function_node(_exercise_file(entry.module).read_text(encoding="utf-8"), entry.qualname)
+    body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert [ast.unparse(n) for n in body] == ["raise NotImplementedError"], f"Exercise {entry.id}: the stub's body"
+    assert exercises._is_the_stub(_raised_by(stub), stub)
+
+
+def _function_node(source: str, qualname: str):
+    body = ast.parse(source).body
+    for name in qualname.split("."):
+        node = next(n for n in body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == name)
+        body = node.body
+    return node
+
+
+def _raised_by(stub) -> NotImplementedError:
+    """What a stub raises when called (its arguments never matter: it raises before using them)."""
+    args = [None] * stub.__code__.co_argcount
     with pytest.raises(NotImplementedError) as info:
-        fn(*args)
-    assert str(info.value) == entry.not_implemented_message()
+        stub(*args)
+    return info.value
 
 
-@pytest.mark.parametrize("exercise_id", IDS)
-def test_reference_runs_when_the_switch_is_on(references, exercise_id):
-    entry = exercises.get(exercise_id)
-    fn, args = _plausible_call(entry)
-    fn(*args)  # no NotImplementedError: the call went to solutions/
+def test_a_bare_stub_says_which_exercise_it_is_and_other_errors_pass_through(stubs, scratch_registry):
+    def stub(x):
+        raise NotImplementedError
+
+    def deeper(x):
+        return stub(x)
+
+    def with_a_message(x):
+        raise NotImplementedError("the learner's own words")
+
+    for fn in (stub, deeper, with_a_message):
+        fn.__module__ = "course_lib.tokenization"
+    wrapped = exercises.exercise("97.1", "Bare", points=2)(stub)
+    with pytest.raises(NotImplementedError, match=r"^Exercise 97\.1 — `.*stub` in course_lib/tokenization\.py is not"):
+        wrapped(1)
+    for i, fn in enumerate((deeper, with_a_message), start=2):
+        wrapped = exercises.exercise(f"97.{i}", "Other", points=2)(fn)
+        with pytest.raises(NotImplementedError) as info:
+            wrapped(1)
+        assert not str(info.value).startswith("Exercise 97")
 
 
 def test_switch_is_read_at_call_time(monkeypatch):
@@ -198,10 +155,12 @@ def test_every_exercise_has_a_reference_that_is_not_the_stub(exercise_id):
 def filled_source() -> dict[str, str]:
     """Each exercise module with the reference bodies filled in, by module name."""
     return {
-        module: fill_module(_exercise_file(module).read_text(encoding="utf-8"),
-                            (REPO / "solutions" / f"{module}.py").read_text(encoding="utf-8"))
+        module: fill_module(
+            _exercise_file(module).read_text(encoding="utf-8"),
+            (REPO / "solutions" / f"{module}.py").read_text(encoding="utf-8"),
+        )
         for module in MODULES
-    }  # fmt: skip
+    }
 
 
 def _docstrings(source: str) -> dict[str, str | None]:
@@ -237,7 +196,11 @@ def test_filled_release_passes_every_visible_check_without_solutions(tmp_path, f
     for module, filled in filled_source.items():
         (folder / "course_lib" / f"{module}.py").write_text(filled, encoding="utf-8")
     where = _run(
-        ["-c", "import importlib.util, course_lib.tokenization as m; print(m.__file__); print(importlib.util.find_spec('solutions'))"],
+        [
+            "-c",
+            "import importlib.util, course_lib.tokenization as m; "
+            "print(m.__file__); print(importlib.util.find_spec('solutions'))",
+        ],
         folder,
         PYTHONPATH=str(folder),
     )
@@ -304,9 +267,9 @@ def test_registry_ids_numbers_points_and_paths():
     for chapter in chapters:
         numbers = [e.number for e in exercises.chapter_exercises(chapter)]
         assert numbers == list(range(1, len(numbers) + 1)), f"chapter {chapter}: {numbers}"
-    assert IDS == sorted(IDS, key=lambda i: tuple(map(int, i.split("."))))
+    assert sorted(IDS, key=lambda i: tuple(map(int, i.split(".")))) == IDS
     assert exercises.package_root() == REPO
-    with pytest.raises(KeyError, match="9.9"):
+    with pytest.raises(KeyError, match=r"9\.9"):
         exercises.get("9.9")
 
 
@@ -377,64 +340,47 @@ def test_bad_points_raise(scratch_registry, bad_points):
 # -- the chapter notebooks --------------------------------------------------------------------
 
 NOTEBOOKS = sorted((REPO / "book").glob("ch[0-9][0-9]_*.ipynb"))
-HIDDEN_REGION = re.compile(r"### BEGIN HIDDEN TESTS\n(.*)\n### END HIDDEN TESTS", re.DOTALL)
 
 
-def _run_checks_calls(source: str) -> list[ast.Call]:
-    return [
-        node
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run_checks"
-    ]
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS or [pytest.param(None, marks=pytest.mark.skip(reason="no chapter notebook yet"))],
-                         ids=lambda p: p.name if p else "none")  # fmt: skip
-def test_chapter_notebook_graded_cells(path):
-    chapter = int(path.name[2:4])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_notebook_graded_cells_come_from_the_registry(path):
     nb = nbformat.read(path, as_version=4)
+    problems = cells.derive(nb, cells.chapter_of(path))
+    assert not problems, "\n".join(problems)
+    assert nbformat.writes(nb) + "\n" == path.read_text(encoding="utf-8"), (
+        f"{path.name}: its graded cells disagree with the registry; run `{cells.COMMAND} book/{path.name}`"
+    )
+    chapter = cells.chapter_of(path)
     graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
-    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "grade_id" in c.metadata.get("nbgrader", {})]
-    assert len(ids) == len(set(ids)), "duplicate grade_ids"
+    assert sum(c.metadata["nbgrader"]["points"] for c in graded) == sum(
+        e.points for e in exercises.chapter_exercises(chapter)
+    )
     for cell in nb.cells:
-        assert "### BEGIN SOLUTION" not in cell.source and "### END SOLUTION" not in cell.source
+        assert "### BEGIN SOLUTION" not in cell.source
 
-    entries = exercises.chapter_exercises(chapter)
-    assert entries, f"{path.name}: no exercises registered for chapter {chapter}"
-    expected_ids = set()
-    for entry in entries:
-        key = f"ex{chapter}_{entry.number}"
-        visible = [c for c in graded if c.metadata["nbgrader"]["grade_id"] == f"{key}_visible"]
-        hidden = [c for c in graded if c.metadata["nbgrader"]["grade_id"] == f"{key}_hidden"]
-        assert len(visible) == 1 and len(hidden) == 1, f"Exercise {entry.id}: one visible and one hidden cell"
-        visible, hidden = visible[0], hidden[0]
-        expected_ids |= {f"{key}_visible", f"{key}_hidden"}
 
-        for cell in (visible, hidden):
-            meta = cell.metadata["nbgrader"]
-            assert cell.cell_type == "code"
-            assert meta["grade"] is True and meta["solution"] is False
-            assert type(meta["points"]) is int and meta["points"] >= 1
-        assert visible.metadata["nbgrader"]["points"] == 1
-        assert visible.metadata["nbgrader"]["points"] + hidden.metadata["nbgrader"]["points"] == entry.points
+def test_the_cells_command_writes_the_cells_and_names_what_is_missing(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('run_checks("3.1")'), nbformat.v4.new_code_cell("run_hidden('3.1')")]
+    problems = cells.derive(nb, 3)
+    visible, hidden = nb.cells
+    assert visible.metadata["nbgrader"]["grade_id"] == "ex3_1_visible" and visible.metadata["nbgrader"]["points"] == 1
+    assert hidden.metadata["nbgrader"]["points"] == exercises.get("3.1").points - 1
+    assert hidden.metadata["tags"] == ["remove-cell"] and "### BEGIN HIDDEN TESTS" in hidden.source
+    assert 'Exercise 3.2 has no visible cell: add a code cell calling run_checks("3.2")' in problems
+    path = tmp_path / "ch03_x.ipynb"
+    nbformat.write(nb, path)
+    assert cells.main(["--check", str(path)]) == 1
 
-        assert "HIDDEN TESTS" not in visible.source
-        [call] = _run_checks_calls(visible.source)
-        assert len(call.args) == 1 and isinstance(call.args[0], ast.Constant) and call.args[0].value == entry.id
-        assert not call.keywords
 
-        assert "remove-cell" in hidden.metadata.get("tags", [])
-        region = HIDDEN_REGION.search(hidden.source)
-        assert region, f"Exercise {entry.id}: hidden cell without a BEGIN/END HIDDEN TESTS region"
-        assert hidden.source.count("### BEGIN HIDDEN TESTS") == 1
-        calls = _run_checks_calls(region.group(1))
-        assert len(calls) == 1 and len(_run_checks_calls(hidden.source)) == 1, "one run_checks call, inside the region"
-        call = calls[0]
-        assert isinstance(call.args[0], ast.Constant) and call.args[0].value == entry.id
-        assert len(call.args) == 2 and isinstance(call.args[1], ast.List) and call.args[1].elts
-        assert [(k.arg, getattr(k.value, "value", None)) for k in call.keywords] == [("hidden", True)]
-
-    assert set(c.metadata["nbgrader"]["grade_id"] for c in graded) == expected_ids, "graded cells beyond the exercises'"
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_every_exercise_has_hidden_tests_the_reference_passes_and_the_stub_fails(exercise_id, monkeypatch, capsys):
+    tests = hidden_tests(exercise_id)
+    assert tests and all((t.__doc__ or "").strip() for t in tests), "every hidden test has a docstring: its name"
+    monkeypatch.setenv(exercises.SOLUTIONS_ENV, "0")
+    with pytest.raises(ExerciseFailed):
+        run_hidden(exercise_id)
+    assert "✓" not in capsys.readouterr().out  # no hidden test passes on a stub
 
 
 # -- device, seeding and the progress command ------------------------------------------------------
@@ -506,8 +452,8 @@ def test_points_must_be_a_positive_int(bad_points):
 def test_the_grader_completes_earlier_chapters_and_takes_only_this_chapters_files(tmp_path):
     """Grading chapter N uses the submission's chapter-N files, references for earlier chapters'
     modules, and the stubs for later ones; nothing else from the submission."""
-    from grader.judge import stage_package
     from grader.fill import fill_module
+    from grader.judge import stage_package
 
     submission = tmp_path / "submission"
     shutil.copytree(REPO / "course_lib", submission / "course_lib")
@@ -523,7 +469,9 @@ def test_the_grader_completes_earlier_chapters_and_takes_only_this_chapters_file
     later = max(e.chapter for e in exercises.all_exercises()) + 1
     staged_later = tmp_path / "later"
     assert stage_package(later, submission, staged_later) == []
-    filled = fill_module((REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text())
+    filled = fill_module(
+        (REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text()
+    )
     assert (staged_later / "course_lib" / "tokenization.py").read_text() == filled
 
 
@@ -543,4 +491,6 @@ def test_the_grader_never_follows_links_out_of_a_submission(tmp_path):
     for submission in (linked_file, linked_folder):
         staged = tmp_path / f"staged-{submission.name}"
         assert stage_package(1, submission, staged) == []
-        assert (staged / "course_lib" / "tokenization.py").read_text() == (REPO / "course_lib" / "tokenization.py").read_text()
+        assert (staged / "course_lib" / "tokenization.py").read_text() == (
+            REPO / "course_lib" / "tokenization.py"
+        ).read_text()

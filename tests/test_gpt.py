@@ -25,8 +25,17 @@ def _on_references(references):
 def _hf_checkpoint(tmp_path, seed=0, **overrides):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    sizes = dict(vocab_size=53, n_positions=16, n_embd=24, n_layer=2, n_head=3, resid_pdrop=0.0, embd_pdrop=0.0,
-                 attn_pdrop=0.0, layer_norm_epsilon=1e-5)  # fmt: skip
+    sizes = dict(
+        vocab_size=53,
+        n_positions=16,
+        n_embd=24,
+        n_layer=2,
+        n_head=3,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+    )
     sizes.update(overrides)
     torch.manual_seed(seed)
     config = GPT2Config(**sizes)
@@ -52,7 +61,7 @@ def test_from_pretrained_matches_hugging_face_logits(tmp_path):
 
 
 def test_from_pretrained_errors(tmp_path):
-    with pytest.raises(ValueError, match="config.json is missing"):
+    with pytest.raises(ValueError, match=r"config.json is missing"):
         gpt.GPT.from_pretrained(tmp_path)
     _hf_checkpoint(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -61,12 +70,13 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         gpt.GPT.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(ValueError, match="model.safetensors is missing"):
+    with pytest.raises(ValueError, match=r"model.safetensors is missing"):
         gpt.GPT.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("size, expected", [("124M", 124_439_808), ("355M", 354_823_168), ("774M", 774_030_080),
-                                            ("1558M", 1_557_611_200)])  # fmt: skip
+@pytest.mark.parametrize(
+    "size, expected", [("124M", 124_439_808), ("355M", 354_823_168), ("774M", 774_030_080), ("1558M", 1_557_611_200)]
+)
 def test_count_parameters_gives_the_released_gpt2_sizes(size, expected):
     n = gpt.count_parameters(gpt.GPTConfig.gpt2(size))
     assert n == expected and type(n) is int
@@ -124,7 +134,7 @@ def test_causality_shapes_and_determinism():
 
 def test_forward_validation():
     model = gpt.GPT(gpt.GPTConfig(**SMALL))
-    with pytest.raises(ValueError, match="13.*12"):
+    with pytest.raises(ValueError, match=r"13.*12"):
         model(torch.zeros(1, 13, dtype=torch.int64))
     with pytest.raises(ValueError, match="batch, seq"):
         model(torch.zeros(12, dtype=torch.int64))
@@ -132,9 +142,17 @@ def test_forward_validation():
         model(torch.zeros(1, 3))
 
 
-@pytest.mark.parametrize("bad, match", [({"d_model": 10, "n_heads": 4}, "divisible"), ({"n_layers": 0}, "n_layers"),
-                                        ({"dropout": 1.0}, "dropout"), ({"vocab_size": 2.0}, "vocab_size"),
-                                        ({"eps": 0}, "eps"), ({"bias": 1}, "bias")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"d_model": 10, "n_heads": 4}, "divisible"),
+        ({"n_layers": 0}, "n_layers"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"vocab_size": 2.0}, "vocab_size"),
+        ({"eps": 0}, "eps"),
+        ({"bias": 1}, "bias"),
+    ],
+)
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         gpt.GPTConfig(**{**SMALL, **bad})

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from course_lib import layers as ly
-
 from conftest import assert_close as _close
 from conftest import seeded_randn as _randn
+
+from course_lib import layers as ly
 
 F64 = torch.float64
 
@@ -107,7 +106,7 @@ def test_gelu_default_is_exact_and_known_values():
 
 @pytest.mark.parametrize("bad", ["exact", "TANH", "", None, 0])
 def test_gelu_rejects_unknown_forms(bad):
-    with pytest.raises(ValueError, match="none.*tanh"):
+    with pytest.raises(ValueError, match=r"none.*tanh"):
         ly.gelu(torch.zeros(3), approximate=bad)
 
 
@@ -134,7 +133,9 @@ def test_feed_forward_matches_its_formula(approximate, bias, d_ff):
 @pytest.mark.parametrize("d", [1, 32, 768])
 def test_feed_forward_parameter_count(d):
     assert sum(p.numel() for p in ly.FeedForward(d).parameters()) == 8 * d * d + 5 * d == ly.feed_forward_parameters(d)
-    assert sum(p.numel() for p in ly.FeedForward(d, 3, bias=False).parameters()) == ly.feed_forward_parameters(d, 3, False)
+    assert sum(p.numel() for p in ly.FeedForward(d, 3, bias=False).parameters()) == ly.feed_forward_parameters(
+        d, 3, False
+    )
 
 
 def test_feed_forward_dropout_and_determinism():
@@ -164,6 +165,11 @@ def test_feed_forward_gradients_reach_every_parameter():
 def test_feed_forward_validation():
     with pytest.raises(ValueError, match="d_model=8"):
         ly.FeedForward(8)(torch.zeros(2, 32))
-    for kwargs in ({"d_model": 0}, {"d_model": 4, "d_ff": 0}, {"d_model": 4, "dropout": 1.5}, {"d_model": 4, "approximate": "erf"}):
+    for kwargs in (
+        {"d_model": 0},
+        {"d_model": 4, "d_ff": 0},
+        {"d_model": 4, "dropout": 1.5},
+        {"d_model": 4, "approximate": "erf"},
+    ):
         with pytest.raises(ValueError):
             ly.FeedForward(**kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import os
 import shutil
 import subprocess
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import REPO, python_env
+
 from course_lib import exercises
 from grader.fill import fill_module
 
@@ -60,7 +59,7 @@ TOTAL = sum(e.points for e in exercises.chapter_exercises(1))
 def _cheat_by_reading_solutions() -> str:
     """A module whose every exercise tries to run the instructor's reference instead."""
     path = REPO / "solutions" / "tokenization.py"
-    return f'''
+    return f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
 try:
@@ -72,14 +71,14 @@ except ImportError:
         pass
     for _k, _v in _ns.items():
         setattr(_ref, _k, _v)
-'''
+"""
 
 
 # Each student: (how their submission is made, the points they should get, exercises they lose).
 def _students(release: Path) -> dict[str, tuple]:
     solved = _solved(release)
     stub = (release / EXERCISE_FILE).read_text()
-    hijack = '''
+    hijack = """
 import sys
 import course_lib.grading as _grading
 _grading.Tester.equal = lambda *a, **k: None
@@ -91,20 +90,53 @@ try:
     IPython.core.interactiveshell.InteractiveShell.showtraceback = lambda *a, **k: None
 except Exception:
     pass
-'''
-    cheat = stub.replace('raise NotImplementedError("Exercise 1.2', 'return _ref.merge_pair(ids, pair, new_id)\n    raise NotImplementedError("Exercise 1.2')
-    cheat = cheat.replace("from .exercises import exercise\n", "from .exercises import exercise\n" + _cheat_by_reading_solutions())
+"""
+    cheat = stub.replace(
+        'raise NotImplementedError("Exercise 1.2',
+        'return _ref.merge_pair(ids, pair, new_id)\n    raise NotImplementedError("Exercise 1.2',
+    )
+    cheat = cheat.replace(
+        "from .exercises import exercise\n", "from .exercises import exercise\n" + _cheat_by_reading_solutions()
+    )
     fake_eq = "class _Anything(list):\n    def __eq__(self, other):\n        return True\n    __hash__ = None\nreturn _Anything()"
     return {
         "alice": ({EXERCISE_FILE: stub}, 0, "untouched release"),
         "bob": ({EXERCISE_FILE: solved}, TOTAL, "reference code filled in"),
-        "carol": ({EXERCISE_FILE: _insert_at_top_of(solved, "BPETokenizer.decode", "while True:\n    pass")}, TOTAL - _points("1.6"), "loops forever in decode"),
-        "dave": ({EXERCISE_FILE: _insert_at_top_of(solved, "train_bpe", "import sys\nsys.exit(0)")}, TOTAL - _points("1.3"), "sys.exit in train_bpe"),
-        "erin": ({EXERCISE_FILE: _insert_at_top_of(solved, "BPETokenizer.decode", "_hog = bytearray(64 << 30)")}, TOTAL - _points("1.6"), "allocates 64 GiB in decode"),
-        "frank": ({EXERCISE_FILE: _insert_at_top_of(solved, "train_bpe", fake_eq)}, TOTAL - _points("1.3"), "returns an object that equals anything"),
-        "grace": ({EXERCISE_FILE: stub.replace("from .exercises import exercise\n", "from .exercises import exercise\n" + hijack)}, 0, "patches the harness at import"),
+        "carol": (
+            {EXERCISE_FILE: _insert_at_top_of(solved, "BPETokenizer.decode", "while True:\n    pass")},
+            TOTAL - _points("1.6"),
+            "loops forever in decode",
+        ),
+        "dave": (
+            {EXERCISE_FILE: _insert_at_top_of(solved, "train_bpe", "import sys\nsys.exit(0)")},
+            TOTAL - _points("1.3"),
+            "sys.exit in train_bpe",
+        ),
+        "erin": (
+            {EXERCISE_FILE: _insert_at_top_of(solved, "BPETokenizer.decode", "_hog = bytearray(64 << 30)")},
+            TOTAL - _points("1.6"),
+            "allocates 64 GiB in decode",
+        ),
+        "frank": (
+            {EXERCISE_FILE: _insert_at_top_of(solved, "train_bpe", fake_eq)},
+            TOTAL - _points("1.3"),
+            "returns an object that equals anything",
+        ),
+        "grace": (
+            {
+                EXERCISE_FILE: stub.replace(
+                    "from .exercises import exercise\n", "from .exercises import exercise\n" + hijack
+                )
+            },
+            0,
+            "patches the harness at import",
+        ),
         "heidi": ({EXERCISE_FILE: cheat}, 0, "reads the instructor's solutions"),
-        "ivan": ({EXERCISE_FILE: solved, "notebook": "tamper"}, TOTAL, "solved, notebook's test cells deleted and a 100-point cell added"),
+        "ivan": (
+            {EXERCISE_FILE: solved, "notebook": "tamper"},
+            TOTAL,
+            "solved, notebook's test cells deleted and a 100-point cell added",
+        ),
         "judy": ({EXERCISE_FILE: stub, "notebook": "fake-pass"}, 0, "test cells rewritten to pass"),
         "mallory": ({EXERCISE_FILE: "symlink"}, 0, "exercise file is a link to a solved file"),
         "oscar": ({EXERCISE_FILE: None}, 0, "deleted the exercise file"),
@@ -125,7 +157,15 @@ def _tamper_notebook(path: Path, how: str) -> None:
     if how == "tamper":
         nb.cells = [cell for cell, test in zip(nb.cells, is_test) if not test]
         bonus = nbformat.v4.new_code_cell("print('free points')")
-        bonus.metadata["nbgrader"] = {"grade": True, "grade_id": "bonus", "locked": True, "points": 100, "schema_version": 3, "solution": False, "task": False}
+        bonus.metadata["nbgrader"] = {
+            "grade": True,
+            "grade_id": "bonus",
+            "locked": True,
+            "points": 100,
+            "schema_version": 3,
+            "solution": False,
+            "task": False,
+        }
         nb.cells.append(bonus)
     else:
         for cell, test in zip(nb.cells, is_test):
@@ -180,12 +220,21 @@ def course(tmp_path_factory):
     done = _run("grader.course", "autograde", env=env)
     seconds = time.monotonic() - start
     print(f"\nautograded {len(students)} submissions in {seconds:.1f} s ({seconds / len(students):.1f} s each)")
-    return {"root": root, "students": students, "assignments": assignments, "log": done.stdout + done.stderr, "env": env}
+    return {
+        "root": root,
+        "students": students,
+        "assignments": assignments,
+        "log": done.stdout + done.stderr,
+        "env": env,
+    }
 
 
 def _grades_csv(root: Path) -> dict[tuple[str, str], tuple[float, float]]:
     with open(root / "grades.csv", newline="") as f:
-        return {(row["assignment"], row["student_id"]): (float(row["score"]), float(row["max_score"])) for row in csv.DictReader(f)}
+        return {
+            (row["assignment"], row["student_id"]): (float(row["score"]), float(row["max_score"]))
+            for row in csv.DictReader(f)
+        }
 
 
 def _cell_scores(root: Path, student: str, assignment: str = CHAPTER, notebook: str = NOTEBOOK) -> dict[str, float]:

@@ -20,7 +20,9 @@ def _on_references(references):
 def test_temperature_is_softmax_of_scaled_logits():
     logits = torch.randn(4, 30, dtype=F64, generator=torch.Generator().manual_seed(0))
     for temperature in (0.1, 1.0, 3.0):
-        torch.testing.assert_close(sampling.next_token_probs(logits, temperature), torch.softmax(logits / temperature, -1))
+        torch.testing.assert_close(
+            sampling.next_token_probs(logits, temperature), torch.softmax(logits / temperature, -1)
+        )
     low = sampling.next_token_probs(logits, 0.1).max(-1).values
     high = sampling.next_token_probs(logits, 3.0).max(-1).values
     assert (low > high).all()  # a low temperature sharpens
@@ -39,7 +41,9 @@ def test_top_p_is_the_smallest_nucleus():
     expect = {0.3: [0, 1, 0, 0], 0.75: [0, 1, 0, 1], 0.9: [0, 1, 1, 1], 1.0: [1, 1, 1, 1]}
     for top_p, kept in expect.items():
         p = sampling.next_token_probs(probs.log(), top_p=top_p)
-        torch.testing.assert_close(p, probs * torch.tensor(kept, dtype=F64) / (probs * torch.tensor(kept, dtype=F64)).sum())
+        torch.testing.assert_close(
+            p, probs * torch.tensor(kept, dtype=F64) / (probs * torch.tensor(kept, dtype=F64)).sum()
+        )
     # a random batch: the kept set's mass reaches top_p and dropping its least likely member would not
     logits = torch.randn(50, 40, dtype=F64, generator=torch.Generator().manual_seed(1))
     full = torch.softmax(logits, -1)
@@ -49,8 +53,15 @@ def test_top_p_is_the_smallest_nucleus():
     assert (kept_mass >= 0.7 - 1e-12).all() and (kept_mass - smallest_kept < 0.7).all()
 
 
-@pytest.mark.parametrize("kwargs, match", [({"temperature": 0}, "temperature"), ({"top_k": 0}, "top_k"),
-                                           ({"top_p": 0.0}, "top_p"), ({"top_p": 1.01}, "top_p")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.01}, "top_p"),
+    ],
+)
 def test_next_token_probs_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sampling.next_token_probs(torch.zeros(3), **kwargs)
@@ -58,7 +69,9 @@ def test_next_token_probs_validation(kwargs, match):
 
 def _model(**overrides):
     torch.manual_seed(0)
-    config = gpt.GPTConfig(**{"vocab_size": 23, "context_length": 6, "d_model": 16, "n_layers": 2, "n_heads": 2, **overrides})
+    config = gpt.GPTConfig(
+        **{"vocab_size": 23, "context_length": 6, "d_model": 16, "n_layers": 2, "n_heads": 2, **overrides}
+    )
     model = gpt.GPT(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -105,8 +118,12 @@ def test_generate_restores_mode_and_validates():
     assert model.training
     assert torch.equal(out, sampling.generate(model.eval(), ids, 4, temperature=0))
     assert torch.equal(sampling.generate(model, ids, 0), ids)
-    for args, kwargs in [((ids, -1), {}), ((ids, 2), {"temperature": -1}), ((torch.tensor([1, 2]), 2), {}),
-                         ((torch.zeros(1, 0, dtype=torch.int64), 2), {})]:  # fmt: skip
+    for args, kwargs in [
+        ((ids, -1), {}),
+        ((ids, 2), {"temperature": -1}),
+        ((torch.tensor([1, 2]), 2), {}),
+        ((torch.zeros(1, 0, dtype=torch.int64), 2), {}),
+    ]:
         with pytest.raises(ValueError):
             sampling.generate(model, *args, **kwargs)
 

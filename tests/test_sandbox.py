@@ -22,13 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from course_lib import grading
 from grader import wire
 from grader.fill import fill_module
-from grader.sandbox import LearnerRaised, Remote, SandboxError, Worker
-
+from grader.sandbox import LearnerRaised, Remote, SandboxBackend, SandboxError, Worker
 
 # -- the wire format ---------------------------------------------------------------------------------
 
@@ -80,13 +79,39 @@ def _same(actual, expected, where="value"):
 
 
 PLAIN = [
-    None, True, False, 0, -1, 2**200, -(2**100), 1.5, -0.0, 1e308, 5e-324, float("nan"), float("inf"), float("-inf"),
-    "", "héllo 👋 \x00 \ud7ff", "nan", b"", b"\x00\xff" * 3, bytes(range(256)),
-    [], [1, [2, [3, []]]], (), (1,), (1, (2, "x"), [()]),
-    {}, {"k": {"n": None}, 3: b"x", None: 1.5, (1, 2): [3], (1, (2,)): (), frozenset({1}): "f", b"b": True},
-    set(), {1, "a", (2, 3), None, b"z"}, frozenset({b"x", 1.5, frozenset({2})}), {frozenset({1, 2}), frozenset()},
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**200,
+    -(2**100),
+    1.5,
+    -0.0,
+    1e308,
+    5e-324,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "héllo 👋 \x00 \ud7ff",
+    "nan",
+    b"",
+    b"\x00\xff" * 3,
+    bytes(range(256)),
+    [],
+    [1, [2, [3, []]]],
+    (),
+    (1,),
+    (1, (2, "x"), [()]),
+    {},
+    {"k": {"n": None}, 3: b"x", None: 1.5, (1, 2): [3], (1, (2,)): (), frozenset({1}): "f", b"b": True},
+    set(),
+    {1, "a", (2, 3), None, b"z"},
+    frozenset({b"x", 1.5, frozenset({2})}),
+    {frozenset({1, 2}), frozenset()},
     [{"a": (set(), frozenset())}, ({1: {2: [None]}},)],
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("value", PLAIN, ids=[f"{type(v).__name__}-{i}" for i, v in enumerate(PLAIN)])
@@ -172,10 +197,25 @@ class EqualList(list):
 
 
 NOT_PLAIN = [
-    MyList([1, 2]), MyInt(3), MyStr("a"), MyFloat(1.0), MyTuple((1,)), MyDict(a=1), collections.OrderedDict(a=1),
-    collections.defaultdict(list), AlwaysEqual(), EqualList([1]), torch.nn.Parameter(torch.ones(2)),
-    torch.zeros(2, dtype=torch.uint16), object(), range(3), bytearray(b"x"), memoryview(b"x"), 1 + 2j, len,
-]  # fmt: skip
+    MyList([1, 2]),
+    MyInt(3),
+    MyStr("a"),
+    MyFloat(1.0),
+    MyTuple((1,)),
+    MyDict(a=1),
+    collections.OrderedDict(a=1),
+    collections.defaultdict(list),
+    AlwaysEqual(),
+    EqualList([1]),
+    torch.nn.Parameter(torch.ones(2)),
+    torch.zeros(2, dtype=torch.uint16),
+    object(),
+    range(3),
+    bytearray(b"x"),
+    memoryview(b"x"),
+    1 + 2j,
+    len,
+]
 
 
 @pytest.mark.parametrize("obj", NOT_PLAIN, ids=[type(o).__name__ for o in NOT_PLAIN])
@@ -314,7 +354,7 @@ needs_sandbox = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="the sandbox needs root and unshare (util-linux)"
 )
 
-LEARNER = '''
+LEARNER = """
 import os
 import socket
 import sys
@@ -431,7 +471,7 @@ def die():
 def spin():
     while True:
         pass
-'''
+"""
 
 
 def _package(root: Path, source: str) -> Path:
@@ -497,7 +537,10 @@ def _fresh(tmp_path, source=LEARNER, call_timeout=3) -> Worker:
 @needs_sandbox
 def test_plain_results_come_back_as_plain_values(lib):
     assert lib.correct(3) == [3, 4] and type(lib.correct(3)) is list
-    _same(lib.plain(), {"list": [1, 2.5, None], "tuple": (True, b"\x00\xff"), "set": {1, 2}, (1, 2): frozenset({"a"}), "big": 2**100})
+    _same(
+        lib.plain(),
+        {"list": [1, 2.5, None], "tuple": (True, b"\x00\xff"), "set": {1, 2}, (1, 2): frozenset({"a"}), "big": 2**100},
+    )
     assert lib.correct(n=2**70) == [2**70, 2**70 + 1]
 
 
@@ -507,7 +550,7 @@ def test_an_object_faking_equality_stays_in_the_worker(lib):
     assert isinstance(result, Remote)
     assert grading._difference(result, [1, 2], "result") == ("result", "expected a list, got a Remote")
     with pytest.raises(grading.CheckFailed):
-        grading.Tester(grading._InProcess(), hidden=False).equal(result, [1, 2])
+        grading.Tester(grading.InProcess(), hidden=False).equal(result, [1, 2])
     assert lib.type_name(result) == "AlwaysEqual"  # a handle goes back to the worker as the object itself
     with pytest.raises(TypeError):  # and nothing but plain data and handles can be sent
         lib.correct(object())
@@ -691,9 +734,11 @@ def test_close_removes_the_worker_folder(tmp_path):
 
 @needs_sandbox
 def test_checks_run_through_the_sandbox_when_grading(tmp_path, monkeypatch, capsys):
-    """run_checks with COURSE_GRADER_SUBMISSION set: the honest solution passes, an object that fakes
+    """run_checks with the grader's sandbox backend installed: the honest solution passes, an object that fakes
     equality fails, and neither is imported into this process."""
-    solved = fill_module((REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text())
+    solved = fill_module(
+        (REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text()
+    )
     cheat = solved + textwrap.dedent(
         """
         class _Equal(list):
@@ -706,9 +751,10 @@ def test_checks_run_through_the_sandbox_when_grading(tmp_path, monkeypatch, caps
     )
     _clean_env(monkeypatch)
     monkeypatch.setenv("COURSE_LIB_SOLUTIONS", "0")  # the worker's code is the learner's, whatever this says
-    monkeypatch.setenv(grading.SUBMISSION_ENV, str(_package(tmp_path / "honest", solved)))
+    honest, cheating = _package(tmp_path / "honest", solved), _package(tmp_path / "cheat", cheat)
+    monkeypatch.setattr(grading, "_backend_factory", lambda: SandboxBackend(honest))
     grading.run_checks("1.2")
-    monkeypatch.setenv(grading.SUBMISSION_ENV, str(_package(tmp_path / "cheat", cheat)))
+    monkeypatch.setattr(grading, "_backend_factory", lambda: SandboxBackend(cheating))
     with pytest.raises(grading.ExerciseFailed):
         grading.run_checks("1.2")
     out = capsys.readouterr().out

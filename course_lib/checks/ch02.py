@@ -113,7 +113,7 @@ def adds_token_and_position_vectors(t):
 def tells_two_equal_tokens_apart(t):
     """the same token at positions 0 and 2 differs exactly by position vector 0 - position vector 2"""
     lib = t.learner("embeddings")
-    emb, tokens, positions = _input_embedding(lib)
+    emb, _tokens, positions = _input_embedding(lib)
     out = emb(torch.tensor([[7, 3, 7]]))
     t.close(out[0, 0] - out[0, 2], positions[0] - positions[2], atol=1e-6)
 
@@ -124,5 +124,7 @@ def refuses_long_or_flat_input(t):
     lib = t.learner("embeddings")
     emb, _, _ = _input_embedding(lib)
     message = t.raises(ValueError, emb, torch.zeros(1, 11, dtype=torch.int64))
-    t.true("11" in message and "8" in message, f"the message should give the length 11 and the context 8, got {message!r}")
+    t.true(
+        "11" in message and "8" in message, f"the message should give the length 11 and the context 8, got {message!r}"
+    )
     t.raises(ValueError, emb, torch.tensor([1, 2, 3]))

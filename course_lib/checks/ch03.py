@@ -50,7 +50,13 @@ def matches_pytorch_with_masks(t):
 
     padding = torch.tensor([[True, True, True, False, False], [True, True, True, True, False]]).view(2, 1, 5)
     out, weights = lib.scaled_dot_product_attention(q, k, v, mask=padding)
-    t.close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=padding), atol=1e-6, rtol=1e-6, what="padding-mask output")
+    t.close(
+        out,
+        F.scaled_dot_product_attention(q, k, v, attn_mask=padding),
+        atol=1e-6,
+        rtol=1e-6,
+        what="padding-mask output",
+    )
     t.true(bool((weights[0, :, 3:] == 0).all()), "weights of masked keys must be exactly 0")
 
     blind = torch.ones(5, 5, dtype=torch.bool)
@@ -58,7 +64,13 @@ def matches_pytorch_with_masks(t):
     out, weights = lib.scaled_dot_product_attention(q, k, v, mask=blind)
     t.close(out[:, 2], torch.zeros(2, 3, dtype=F64), what="output of a fully masked row")
     t.close(weights[:, 2], torch.zeros(2, 5, dtype=F64), what="weights of a fully masked row")
-    t.close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=blind), atol=1e-6, rtol=1e-6, what="output with a fully masked row")
+    t.close(
+        out,
+        F.scaled_dot_product_attention(q, k, v, attn_mask=blind),
+        atol=1e-6,
+        rtol=1e-6,
+        what="output with a fully masked row",
+    )
 
 
 @visible_check("3.1")
@@ -67,7 +79,9 @@ def heads_shapes_and_dropout(t):
     lib = t.learner("attention")
     q, k, v = _randn(7, 2, 3, 4, 6), _randn(8, 2, 3, 7, 6), _randn(9, 2, 3, 7, 2)
     out, weights = lib.scaled_dot_product_attention(q, k, v)
-    t.close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-6, what="output (batch, heads, seq_q, d_v)")
+    t.close(
+        out, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-6, what="output (batch, heads, seq_q, d_v)"
+    )
     t.close(weights.sum(-1), torch.ones(2, 3, 4, dtype=F64), what="each row of weights sums to 1")
 
     evaluated, _ = lib.scaled_dot_product_attention(q, k, v, dropout_p=0.5, training=False)
@@ -96,10 +110,9 @@ def rejects_bad_inputs(t):
 def four_positions(t):
     """causal_mask(4): True on and below the diagonal"""
     lib = t.learner("attention")
-    expected = torch.tensor([[True, False, False, False],
-                             [True, True, False, False],
-                             [True, True, True, False],
-                             [True, True, True, True]])  # fmt: skip
+    expected = torch.tensor(
+        [[True, False, False, False], [True, True, False, False], [True, True, True, False], [True, True, True, True]]
+    )
     t.equal(lib.causal_mask(4), expected)
 
 
@@ -189,11 +202,13 @@ def matches_pytorch_without_causality_and_with_padding(t):
     keep = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])  # the second sequence has 2 padding positions
     with torch.no_grad():
         expected, _ = reference(x, x, x, key_padding_mask=~keep, need_weights=False)
-    t.close(mha(x, keep.view(2, 1, 1, 6)), expected, atol=1e-6, rtol=1e-6, what="with a (batch, 1, 1, seq) padding mask")
+    t.close(
+        mha(x, keep.view(2, 1, 1, 6)), expected, atol=1e-6, rtol=1e-6, what="with a (batch, 1, 1, seq) padding mask"
+    )
 
 
 @visible_check("3.3")
-def rejects_bad_inputs(t):
+def rejects_input_of_the_wrong_shape(t):
     """input that is not (batch, seq, d_model) raises ValueError"""
     lib = t.learner("attention")
     mha = lib.MultiHeadAttention(8, 2)

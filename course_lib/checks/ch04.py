@@ -45,7 +45,13 @@ def statistics_and_small_example(t):
     t.close(y, expected, atol=1e-9, rtol=1e-9, what="LayerNorm(4) of [1, 2, 3, 4]")
     z = ln(_randn(4, 3, 7, 4))
     t.close(z.mean(-1), torch.zeros(3, 7, dtype=F64), atol=1e-9, rtol=0, what="mean of each output vector")
-    t.close(z.var(-1, unbiased=False), torch.ones(3, 7, dtype=F64), atol=1e-3, rtol=0, what="biased variance of each output vector")
+    t.close(
+        z.var(-1, unbiased=False),
+        torch.ones(3, 7, dtype=F64),
+        atol=1e-3,
+        rtol=0,
+        what="biased variance of each output vector",
+    )
 
 
 @visible_check("4.1")
@@ -80,7 +86,12 @@ def exact_form_matches_pytorch(t):
     x = torch.linspace(-6, 6, 241, dtype=F64)
     t.close(lib.gelu(x), F.gelu(x), atol=1e-6, rtol=1e-6, what="gelu(x)")
     t.close(lib.gelu(x, approximate="none"), F.gelu(x), atol=1e-6, rtol=1e-6, what="gelu(x, 'none')")
-    t.close(lib.gelu(torch.tensor([-1.0, 0.0, 1.0])), torch.tensor([-0.15865525, 0.0, 0.84134475]), atol=1e-6, what="gelu([-1, 0, 1]) in float32")
+    t.close(
+        lib.gelu(torch.tensor([-1.0, 0.0, 1.0])),
+        torch.tensor([-0.15865525, 0.0, 0.84134475]),
+        atol=1e-6,
+        what="gelu([-1, 0, 1]) in float32",
+    )
 
 
 @visible_check("4.2")
@@ -105,8 +116,10 @@ def rejects_unknown_forms(t):
 
 
 def _ffn_state(seed: int, d_model: int, d_ff: int, bias: bool = True) -> dict:
-    state = {"fc_in.weight": _randn(seed, d_ff, d_model) / d_model**0.5,
-             "fc_out.weight": _randn(seed + 1, d_model, d_ff) / d_ff**0.5}  # fmt: skip
+    state = {
+        "fc_in.weight": _randn(seed, d_ff, d_model) / d_model**0.5,
+        "fc_out.weight": _randn(seed + 1, d_model, d_ff) / d_ff**0.5,
+    }
     if bias:
         state["fc_in.bias"], state["fc_out.bias"] = _randn(seed + 2, d_ff), _randn(seed + 3, d_model)
     return state
@@ -162,7 +175,7 @@ def dropout_only_in_training(t):
 
 
 @visible_check("4.3")
-def rejects_the_wrong_width(t):
+def feed_forward_rejects_the_wrong_width(t):
     """an input whose last dimension is not d_model raises ValueError"""
     lib = t.learner("layers")
     ffn = lib.FeedForward(8)
@@ -190,7 +203,11 @@ def _block_expected(state: dict, x: torch.Tensor, n_heads: int, padding: torch.T
     batch, seq, d = x.shape
 
     def heads(name, h):  # (batch, n_heads, seq, d_head)
-        return F.linear(h, state[f"attn.{name}.weight"], state[f"attn.{name}.bias"]).view(batch, seq, n_heads, -1).transpose(1, 2)
+        return (
+            F.linear(h, state[f"attn.{name}.weight"], state[f"attn.{name}.bias"])
+            .view(batch, seq, n_heads, -1)
+            .transpose(1, 2)
+        )
 
     h = F.layer_norm(x, (d,), state["ln_1.weight"], state["ln_1.bias"], eps=1e-5)
     allowed = torch.ones(seq, seq, dtype=torch.bool).tril()

@@ -32,8 +32,14 @@ def _gpt_state(seed, vocab, context, d, n_layers, bias=True, scale=0.3):
         return mean + scale * torch.randn(*shape, generator=gen, dtype=F64)
 
     state = {"embed.token.weight": rnd(vocab, d), "embed.position.weight": rnd(context, d)}
-    layers = [("attn.q_proj", d, d), ("attn.k_proj", d, d), ("attn.v_proj", d, d), ("attn.out_proj", d, d),
-              ("ffn.fc_in", 4 * d, d), ("ffn.fc_out", d, 4 * d)]  # fmt: skip
+    layers = [
+        ("attn.q_proj", d, d),
+        ("attn.k_proj", d, d),
+        ("attn.v_proj", d, d),
+        ("attn.out_proj", d, d),
+        ("ffn.fc_in", 4 * d, d),
+        ("ffn.fc_out", d, 4 * d),
+    ]
     for i in range(n_layers):
         for name, out_f, in_f in layers:
             state[f"blocks.{i}.{name}.weight"] = rnd(out_f, in_f) / math.sqrt(in_f) / scale
@@ -58,8 +64,12 @@ def _functional_gpt(state, ids, n_layers, n_heads, eps=1e-5):
     for i in range(n_layers):
         p = f"blocks.{i}."
         h = F.layer_norm(x, (d,), w(p + "ln_1.weight"), w(p + "ln_1.bias"), eps)
-        q, k, v = (F.linear(h, w(p + f"attn.{n}.weight"), w(p + f"attn.{n}.bias"))
-                   .view(batch, seq, n_heads, d // n_heads).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))  # fmt: skip
+        q, k, v = (
+            F.linear(h, w(p + f"attn.{n}.weight"), w(p + f"attn.{n}.bias"))
+            .view(batch, seq, n_heads, d // n_heads)
+            .transpose(1, 2)
+            for n in ("q_proj", "k_proj", "v_proj")
+        )
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, seq, d)
         x = x + F.linear(a, w(p + "attn.out_proj.weight"), w(p + "attn.out_proj.bias"))
         h = F.layer_norm(x, (d,), w(p + "ln_2.weight"), w(p + "ln_2.bias"), eps)
@@ -120,7 +130,9 @@ def rejects_too_long_or_misshapen_ids(t):
     lib = t.learner("gpt")
     model = lib.GPT(lib.GPTConfig(**SMALL))
     message = t.raises(ValueError, model, torch.zeros(1, 9, dtype=torch.int64))
-    t.true("9" in message and "8" in message, f"the message should name the length 9 and the context 8, got {message!r}")
+    t.true(
+        "9" in message and "8" in message, f"the message should name the length 9 and the context 8, got {message!r}"
+    )
     t.raises(ValueError, model, torch.zeros(5, dtype=torch.int64))
 
 
@@ -181,8 +193,13 @@ def large_logits_stay_finite(t):
     """logits of ±1000 do not overflow: the loss is 2000 for a target scored -1000 against +1000"""
     lib = t.learner("training")
     logits = torch.tensor([[[1000.0, -1000.0], [1000.0, -1000.0]]], dtype=F64)
-    t.close(lib.cross_entropy_loss(logits, torch.tensor([[0, 1]])), torch.tensor(1000.0, dtype=F64),
-            atol=1e-9, rtol=1e-9, what="mean of 0 and 2000")  # fmt: skip
+    t.close(
+        lib.cross_entropy_loss(logits, torch.tensor([[0, 1]])),
+        torch.tensor(1000.0, dtype=F64),
+        atol=1e-9,
+        rtol=1e-9,
+        what="mean of 0 and 2000",
+    )
 
 
 @visible_check("5.3")
@@ -249,8 +266,13 @@ def three_steps_clear_the_gradients(t):
     expected, losses = _torch_adamw_steps(state, batches, 1, 2, lr=0.01)
     for i, (loss, expected_loss) in enumerate(zip(got, losses)):
         t.close(loss, expected_loss, atol=1e-9, rtol=1e-9, what=f"loss of step {i + 1}")
-    t.close(t.value(model.get_parameter("blocks.0.ffn.fc_in.weight").detach()), expected["blocks.0.ffn.fc_in.weight"],
-            atol=1e-9, rtol=1e-7, what="fc_in.weight after three steps")  # fmt: skip
+    t.close(
+        t.value(model.get_parameter("blocks.0.ffn.fc_in.weight").detach()),
+        expected["blocks.0.ffn.fc_in.weight"],
+        atol=1e-9,
+        rtol=1e-7,
+        what="fc_in.weight after three steps",
+    )
 
 
 @visible_check("5.4")
@@ -264,8 +286,13 @@ def clips_the_gradient_norm(t):
     for x, y in batches:
         lib.train_step(model, opt, x, y, max_grad_norm=0.05)
     expected, _ = _torch_adamw_steps(state, batches, 1, 2, lr=0.01, max_grad_norm=0.05)
-    t.close(t.value(model.get_parameter("embed.position.weight").detach()), expected["embed.position.weight"],
-            atol=1e-9, rtol=1e-7, what="position table after two clipped steps")  # fmt: skip
+    t.close(
+        t.value(model.get_parameter("embed.position.weight").detach()),
+        expected["embed.position.weight"],
+        atol=1e-9,
+        rtol=1e-7,
+        what="position table after two clipped steps",
+    )
 
 
 # -- 5.5 next_token_probs -------------------------------------------------------------------------
@@ -277,8 +304,13 @@ def temperature_scales_the_logits(t):
     lib = t.learner("sampling")
     logits = 2.0 * _randn(40, 3, 9)
     for temperature in (0.5, 1.0, 2.0):
-        t.close(lib.next_token_probs(logits, temperature=temperature), torch.softmax(logits / temperature, dim=-1),
-                atol=1e-12, rtol=1e-9, what=f"temperature {temperature}")  # fmt: skip
+        t.close(
+            lib.next_token_probs(logits, temperature=temperature),
+            torch.softmax(logits / temperature, dim=-1),
+            atol=1e-12,
+            rtol=1e-9,
+            what=f"temperature {temperature}",
+        )
 
 
 @visible_check("5.5")
@@ -289,8 +321,13 @@ def top_k_keeps_the_k_largest_and_ties(t):
     kept = torch.softmax(torch.tensor([3.0, 2.0, 2.0], dtype=F64), dim=0)
     expected = torch.cat([kept, torch.zeros(2, dtype=F64)])
     t.close(lib.next_token_probs(logits, top_k=2), expected, atol=1e-12, rtol=1e-9, what="top_k=2")
-    t.close(lib.next_token_probs(logits, top_k=1), torch.tensor([1.0, 0, 0, 0, 0], dtype=F64),
-            atol=1e-12, rtol=0, what="top_k=1")  # fmt: skip
+    t.close(
+        lib.next_token_probs(logits, top_k=1),
+        torch.tensor([1.0, 0, 0, 0, 0], dtype=F64),
+        atol=1e-12,
+        rtol=0,
+        what="top_k=1",
+    )
     t.close(lib.next_token_probs(logits, top_k=50), torch.softmax(logits, 0), atol=1e-12, rtol=1e-9, what="top_k=50")
 
 
@@ -303,7 +340,9 @@ def top_p_keeps_the_nucleus(t):
     cases = {0.75: [0.0, 0.5, 0.0, 0.3], 0.85: [0.15, 0.5, 0.0, 0.3], 0.4: [0.0, 1.0, 0.0, 0.0], 1.0: probs.tolist()}
     for top_p, kept in cases.items():
         kept = torch.tensor(kept, dtype=F64)
-        t.close(lib.next_token_probs(logits, top_p=top_p), kept / kept.sum(), atol=1e-12, rtol=1e-9, what=f"top_p={top_p}")
+        t.close(
+            lib.next_token_probs(logits, top_p=top_p), kept / kept.sum(), atol=1e-12, rtol=1e-9, what=f"top_p={top_p}"
+        )
 
 
 @visible_check("5.5")

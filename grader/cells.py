@@ -1,0 +1,139 @@
+"""Write the graded cells of a chapter notebook from the exercise registry (each fact lives once).
+
+    python -m grader.cells book/ch03_attention.ipynb [...]          # rewrite the cells' metadata
+    python -m grader.cells --check book/ch03_attention.ipynb [...]  # exit 1 if a notebook disagrees
+
+An exercise's id, title and points live in its ``@exercise`` decorator. In the notebook, the
+author writes two code cells after the exercise: one calling ``run_checks("N.M")`` (the visible
+checks) and one calling ``run_hidden("N.M")`` (the hidden tests in ``hidden/chNN.py``). This
+command gives both cells their canonical source and nbgrader metadata: grade ids
+``exN_M_visible`` / ``exN_M_hidden``, locked, 1 point for the visible checks and the rest of the
+exercise's points for the hidden tests, and the ``remove-cell`` tag that keeps the hidden cell out
+of the book.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+from course_lib import exercises
+
+COMMAND = "python -m grader.cells"
+VISIBLE = re.compile(r"""\brun_checks\(\s*["'](\d+\.\d+)["']\s*\)""")
+HIDDEN = re.compile(r"""\brun_hidden\(\s*["'](\d+\.\d+)["']\s*\)""")
+VISIBLE_POINTS = 1
+
+
+def visible_source(entry: exercises.Exercise) -> str:
+    return (
+        f'# Exercise {entry.id} — visible checks\nfrom course_lib.grading import run_checks\n\nrun_checks("{entry.id}")'
+    )
+
+
+def hidden_source(entry: exercises.Exercise) -> str:
+    return (
+        f"# Exercise {entry.id} — hidden tests: the grader runs these on your code.\n"
+        "### BEGIN HIDDEN TESTS\n"
+        "from hidden import run_hidden\n\n"
+        f'run_hidden("{entry.id}")\n'
+        "### END HIDDEN TESTS"
+    )
+
+
+def _grade_metadata(grade_id: str, points: int) -> dict:
+    return {
+        "grade": True,
+        "grade_id": grade_id,
+        "locked": True,
+        "points": points,
+        "schema_version": 3,
+        "solution": False,
+        "task": False,
+    }
+
+
+def chapter_of(path: Path) -> int:
+    found = re.fullmatch(r"ch(\d\d)_.+\.ipynb", path.name)
+    if not found:
+        raise ValueError(f"chapter notebooks are named chNN_<topic>.ipynb, got {path.name}")
+    return int(found.group(1))
+
+
+def derive(nb, chapter: int) -> list[str]:
+    """Rewrite ``nb``'s graded cells in place from the registry; return the problems that need the author."""
+    problems = []
+    entries = {e.id: e for e in exercises.chapter_exercises(chapter)}
+    if any(entry.points <= VISIBLE_POINTS for entry in entries.values()):
+        problems += [f"Exercise {e.id} needs at least 2 points (1 visible)" for e in entries.values() if e.points < 2]
+    seen: dict[tuple[str, str], int] = {}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for kind, pattern in (("visible", VISIBLE), ("hidden", HIDDEN)):
+            ids = pattern.findall(cell.source)
+            if not ids:
+                continue
+            if len(ids) > 1:
+                problems.append(f"cell {index} calls {pattern.pattern} for {ids}: one exercise per cell")
+                continue
+            entry = entries.get(ids[0])
+            if entry is None:
+                problems.append(f"cell {index} runs Exercise {ids[0]}, which is not registered in Chapter {chapter}")
+                continue
+            if (entry.id, kind) in seen:
+                problems.append(f"Exercise {entry.id} has two {kind} cells ({seen[entry.id, kind]} and {index})")
+                continue
+            seen[entry.id, kind] = index
+            key = f"ex{chapter}_{entry.number}_{kind}"
+            if kind == "visible":
+                cell.source = visible_source(entry)
+                cell.metadata["nbgrader"] = _grade_metadata(key, VISIBLE_POINTS)
+                tags = [tag for tag in cell.metadata.get("tags", []) if tag != "remove-cell"]
+            else:
+                cell.source = hidden_source(entry)
+                cell.metadata["nbgrader"] = _grade_metadata(key, entry.points - VISIBLE_POINTS)
+                tags = sorted({*cell.metadata.get("tags", []), "remove-cell"})
+            if tags:
+                cell.metadata["tags"] = tags
+            else:
+                cell.metadata.pop("tags", None)
+        if "nbgrader" in cell.metadata and not (VISIBLE.search(cell.source) or HIDDEN.search(cell.source)):
+            problems.append(f"cell {index} has nbgrader metadata but runs no exercise's checks")
+    for entry in entries.values():
+        for kind, call in (("visible", "run_checks"), ("hidden", "run_hidden")):
+            if (entry.id, kind) not in seen:
+                problems.append(f'Exercise {entry.id} has no {kind} cell: add a code cell calling {call}("{entry.id}")')
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook disagrees")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.notebooks:
+        before = path.read_text(encoding="utf-8")
+        nb = nbformat.reads(before, as_version=4)
+        problems = derive(nb, chapter_of(path))
+        after = nbformat.writes(nb) + "\n"
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+            status = 1
+        if after != before:
+            if args.check:
+                print(f"{path}: graded cells disagree with the registry; run `{COMMAND} {path}`", file=sys.stderr)
+                status = 1
+            elif not problems:
+                path.write_text(after, encoding="utf-8")
+                print(f"{path}: graded cells rewritten")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""Hidden tests of Chapter 5 — GPT-2 end to end (instructors only: never released).
+
+Each test is a check ``test(t)`` of a :class:`course_lib.grading.Tester`, registered with
+:func:`hidden.hidden_test`; the notebook's hidden cell runs them with ``run_hidden(id)``.
+They may compute expected values with ``t.reference(module)``.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from hidden import hidden_test
+
+# -- 5.1 GPT.forward ----------------------------------------------------------------------------------
+
+
+def _gpt_pair(t, seed, **sizes):
+    """A reference GPT with seeded float64 weights (LayerNorms included), and the learner's with the same weights."""
+    lib, ref = t.learner("gpt"), t.reference("gpt")
+    torch.manual_seed(seed)
+    expected = ref.GPT(ref.GPTConfig(**sizes)).double().eval()
+    with torch.no_grad():
+        for name, p in expected.named_parameters():
+            p.normal_(1.0 if name.endswith("weight") and p.ndim == 1 else 0.0, 0.3)
+    mine = lib.GPT(lib.GPTConfig(**sizes))
+    mine.double()
+    mine.load_state_dict(dict(expected.state_dict()))
+    mine.eval()
+    return mine, expected
+
+
+@hidden_test("5.1")
+def matches_the_reference(t):
+    """several sizes, head counts, eps and bias settings, sequences from 1 token to the full context (float64)"""
+    cases = [
+        ({"vocab_size": 31, "context_length": 9, "d_model": 12, "n_layers": 3, "n_heads": 3}, (2, 9)),
+        ({"vocab_size": 5, "context_length": 4, "d_model": 8, "n_layers": 1, "n_heads": 1}, (3, 1)),
+        ({"vocab_size": 40, "context_length": 16, "d_model": 16, "n_layers": 2, "n_heads": 4, "bias": False}, (1, 11)),
+        ({"vocab_size": 13, "context_length": 6, "d_model": 24, "n_layers": 2, "n_heads": 6, "eps": 0.1}, (4, 5)),
+    ]
+    for i, (sizes, (batch, seq)) in enumerate(cases):
+        mine, expected = _gpt_pair(t, 5100 + i, **sizes)
+        ids = torch.randint(sizes["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(5110 + i))
+        with torch.no_grad():
+            y = expected(ids)
+        t.close(mine(ids), y, atol=1e-6, rtol=1e-6, what=f"case {i}")
+
+
+@hidden_test("5.1")
+def float32_default_and_tied_gradient(t):
+    """a float32 model gives float32 logits; a change to the token table changes the output scores"""
+    sizes = {"vocab_size": 11, "context_length": 5, "d_model": 8, "n_layers": 1, "n_heads": 2}
+    ref = t.reference("gpt")
+    torch.manual_seed(5200)
+    expected = ref.GPT(ref.GPTConfig(**sizes)).eval()
+    lib = t.learner("gpt")
+    mine = lib.GPT(lib.GPTConfig(**sizes))
+    mine.load_state_dict(dict(expected.state_dict()))
+    mine.eval()
+    ids = torch.tensor([[1, 4, 9, 2]])
+    with torch.no_grad():
+        y = expected(ids)
+    t.close(mine(ids), y, atol=1e-5, rtol=1e-5, what="float32 logits")
+    state = dict(expected.state_dict())
+    state["embed.token.weight"] = state["embed.token.weight"].clone()
+    state["embed.token.weight"][10] += 1.0  # token 10 is not in ids: only the output projection sees it
+    mine.load_state_dict(state)
+    expected.load_state_dict(state)
+    with torch.no_grad():
+        y = expected(ids)
+    t.close(mine(ids), y, atol=1e-5, rtol=1e-5, what="logits after changing an unused row of the token table")
+
+
+@hidden_test("5.1")
+def dropout_only_in_training(t):
+    """with dropout=0.2, evaluation mode is exact and training mode is random"""
+    sizes = {"vocab_size": 17, "context_length": 8, "d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.2}
+    mine, expected = _gpt_pair(t, 5300, **sizes)
+    ids = torch.randint(17, (2, 8), generator=torch.Generator().manual_seed(5301))
+    with torch.no_grad():
+        y = expected(ids)
+    t.close(mine(ids), y, atol=1e-6, rtol=1e-6, what="evaluation mode")
+    mine.train()
+    a, b = mine(ids), mine(ids)
+    t.true(not torch.allclose(a, b), "in training mode dropout must act")
+
+
+@hidden_test("5.1")
+def errors_name_the_lengths(t):
+    """too long a sequence names its length and the context length; 3-D ids and float ids raise ValueError"""
+    lib = t.learner("gpt")
+    mine = lib.GPT(lib.GPTConfig(vocab_size=10, context_length=6, d_model=8, n_layers=1, n_heads=2))
+    message = t.raises(ValueError, mine, torch.zeros(2, 13, dtype=torch.int64))
+    t.true("13" in message and "6" in message, "the message should name both lengths")
+    t.raises(ValueError, mine, torch.zeros(1, 2, 3, dtype=torch.int64))
+    t.raises(ValueError, mine, torch.zeros(1, 3))
+
+
+# -- 5.2 count_parameters -----------------------------------------------------------------------------
+
+
+@hidden_test("5.2")
+def matches_built_models(t):
+    """equals the parameter count of a built model for several small configurations, with and without biases"""
+    lib, ref = t.learner("gpt"), t.reference("gpt")
+    cases = [
+        dict(vocab_size=7, context_length=3, d_model=4, n_layers=1, n_heads=1),
+        dict(vocab_size=101, context_length=33, d_model=24, n_layers=3, n_heads=4),
+        dict(vocab_size=50, context_length=10, d_model=12, n_layers=2, n_heads=3, bias=False),
+        dict(vocab_size=1, context_length=1, d_model=2, n_layers=5, n_heads=2, bias=False),
+    ]
+    for i, sizes in enumerate(cases):
+        expected = sum(p.numel() for p in ref.GPT(ref.GPTConfig(**sizes)).parameters())
+        t.equal(lib.count_parameters(lib.GPTConfig(**sizes)), expected, what=f"case {i}")
+
+
+@hidden_test("5.2")
+def large_configurations(t):
+    """GPT-2 sizes with a padded vocabulary, a longer context, no biases (by formula)"""
+    lib, ref = t.learner("gpt"), t.reference("gpt")
+    cases = [
+        ("124M", {"vocab_size": 50304}),
+        ("355M", {"context_length": 2048}),
+        ("774M", {"bias": False}),
+        ("1558M", {"vocab_size": 32000, "bias": False}),
+    ]
+    for size, overrides in cases:
+        expected = ref.count_parameters(ref.GPTConfig.gpt2(size, **overrides))
+        t.equal(lib.count_parameters(lib.GPTConfig.gpt2(size, **overrides)), expected, what=f"{size} {overrides}")
+
+
+@hidden_test("5.2")
+def returns_a_python_int(t):
+    """the count is a Python int, also for a model of one layer"""
+    lib = t.learner("gpt")
+    n = lib.count_parameters(lib.GPTConfig(vocab_size=3, context_length=2, d_model=2, n_layers=1, n_heads=1))
+    t.equal(type(n), int, what="type")
+    t.raises(ValueError, lib.count_parameters, None)
+
+
+# -- 5.3 cross_entropy_loss ---------------------------------------------------------------------------
+
+
+def _case(seed, batch, seq, vocab, scale, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(batch, seq, vocab, generator=g, dtype=dtype)
+    return logits, torch.randint(vocab, (batch, seq), generator=g)
+
+
+@hidden_test("5.3")
+def matches_torch_on_many_shapes(t):
+    """shapes from (1, 1, 2) to (4, 9, 300), logits scaled from 0.01 to 50 (float64)"""
+    lib = t.learner("training")
+    for i, (batch, seq, vocab, scale) in enumerate(
+        [(1, 1, 2, 1.0), (4, 9, 300, 5.0), (2, 3, 7, 0.01), (3, 4, 10, 50.0)]
+    ):
+        logits, targets = _case(5300 + i, batch, seq, vocab, scale)
+        expected = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+        t.close(lib.cross_entropy_loss(logits, targets), expected, atol=1e-9, rtol=1e-9, what=f"case {i}")
+
+
+@hidden_test("5.3")
+def float32_and_extreme_values(t):
+    """float32 logits give a float32 scalar; logits of ±1e4 stay finite and exact"""
+    lib = t.learner("training")
+    logits, targets = _case(5310, 2, 5, 9, 3.0, dtype=torch.float32)
+    expected = F.cross_entropy(logits.reshape(-1, 9), targets.reshape(-1))
+    t.close(lib.cross_entropy_loss(logits, targets), expected, atol=1e-5, rtol=1e-5, what="float32")
+    logits, targets = _case(5311, 2, 3, 6, 1e4)
+    expected = F.cross_entropy(logits.reshape(-1, 6), targets.reshape(-1))
+    t.close(lib.cross_entropy_loss(logits, targets), expected, atol=1e-6, rtol=1e-9, what="logits of size 1e4")
+
+
+@hidden_test("5.3")
+def does_not_modify_inputs(t):
+    """the logits and targets passed in are left unchanged"""
+    lib = t.learner("training")
+    logits, targets = _case(5320, 2, 4, 5, 2.0)
+    l0, t0 = logits.clone(), targets.clone()
+    lib.cross_entropy_loss(logits, targets)
+    t.equal(logits, l0, what="logits after the call")
+    t.equal(targets, t0, what="targets after the call")
+
+
+@hidden_test("5.3")
+def rejects_bad_shapes(t):
+    """targets with another batch or length, 3-D targets or 1-D logits raise ValueError"""
+    lib = t.learner("training")
+    logits = torch.zeros(3, 4, 5)
+    for bad in (
+        torch.zeros(2, 4, dtype=torch.int64),
+        torch.zeros(3, 5, dtype=torch.int64),
+        torch.zeros(3, 4, 1, dtype=torch.int64),
+    ):
+        t.raises(ValueError, lib.cross_entropy_loss, logits, bad)
+    t.raises(ValueError, lib.cross_entropy_loss, torch.zeros(5), torch.zeros(1, dtype=torch.int64))
+
+
+# -- 5.4 train_step -----------------------------------------------------------------------------------
+
+TRAIN_SIZES = {"vocab_size": 23, "context_length": 7, "d_model": 12, "n_layers": 2, "n_heads": 3}
+
+
+def _training_pair(t, seed, **overrides):
+    """A reference GPT in float64 and the learner's GPT with the same weights, both in training mode."""
+    lib, ref = t.learner("gpt"), t.reference("gpt")
+    sizes = dict(TRAIN_SIZES, **overrides)
+    torch.manual_seed(seed)
+    expected = ref.GPT(ref.GPTConfig(**sizes)).double()
+    mine = lib.GPT(lib.GPTConfig(**sizes))
+    mine.double()
+    mine.load_state_dict(dict(expected.state_dict()))
+    return mine, expected
+
+
+def _batches(seed, n, batch=4, seq=7):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(23, (batch, seq + 1), generator=g)
+        out.append((ids[:, :-1], ids[:, 1:]))
+    return out
+
+
+def _compare(t, mine, expected, what):
+    for name in (
+        "embed.token.weight",
+        "embed.position.weight",
+        "blocks.1.attn.v_proj.bias",
+        "blocks.0.ln_2.weight",
+        "ln_f.weight",
+    ):
+        t.close(
+            t.value(mine.get_parameter(name).detach()),
+            expected.get_parameter(name).detach(),
+            atol=1e-9,
+            rtol=1e-7,
+            what=f"{what}: {name}",
+        )
+
+
+@hidden_test("5.4")
+def matches_reference_steps_with_weight_decay(t):
+    """four steps with weight decay 0.1 (make_optimizer's groups) equal the reference's"""
+    mine, expected = _training_pair(t, 5400)
+    lib, ref = t.learner("training"), t.reference("training")
+    opt_mine = lib.make_optimizer(mine, lr=3e-3, weight_decay=0.1)
+    opt_ref = ref.make_optimizer(expected, lr=3e-3, weight_decay=0.1)
+    for i, (x, y) in enumerate(_batches(5401, 4)):
+        t.close(
+            lib.train_step(mine, opt_mine, x, y),
+            ref.train_step(expected, opt_ref, x, y),
+            atol=1e-9,
+            rtol=1e-9,
+            what=f"loss of step {i + 1}",
+        )
+    _compare(t, mine, expected, "after four steps")
+
+
+@hidden_test("5.4")
+def clipping_and_mode(t):
+    """clipping at 0.1 and at 1e3 (no effect); a model in evaluation mode stays in it"""
+    for k, norm in enumerate((0.1, 1e3)):
+        mine, expected = _training_pair(t, 5410 + k, dropout=0.0)
+        mine.eval()
+        expected.eval()
+        lib, ref = t.learner("training"), t.reference("training")
+        opt_mine, opt_ref = lib.make_optimizer(mine, lr=1e-2), ref.make_optimizer(expected, lr=1e-2)
+        for x, y in _batches(5415 + k, 2):
+            lib.train_step(mine, opt_mine, x, y, max_grad_norm=norm)
+            ref.train_step(expected, opt_ref, x, y, max_grad_norm=norm)
+        _compare(t, mine, expected, f"max_grad_norm={norm}")
+        t.equal(t.value(mine.training), False, what="model.training after the steps")
+
+
+@hidden_test("5.4")
+def the_loss_goes_down(t):
+    """twenty steps on one batch lower its loss a lot; every returned loss is a float"""
+    mine, _ = _training_pair(t, 5420)
+    lib = t.learner("training")
+    opt = lib.make_optimizer(mine, lr=1e-2, weight_decay=0.0)
+    ((x, y),) = _batches(5421, 1, batch=2, seq=6)
+    losses = [lib.train_step(mine, opt, x, y) for _ in range(20)]
+    t.true(all(type(v) is float for v in losses), "train_step must return Python floats")
+    t.true(losses[-1] < 0.5 * losses[0], "the loss on a repeated batch should at least halve in 20 steps")
+
+
+@hidden_test("5.4")
+def rejects_a_bad_clip_norm(t):
+    """max_grad_norm of 0 or -1 raises ValueError"""
+    mine, _ = _training_pair(t, 5430)
+    lib = t.learner("training")
+    opt = lib.make_optimizer(mine)
+    ((x, y),) = _batches(5431, 1)
+    t.raises(ValueError, lib.train_step, mine, opt, x, y, max_grad_norm=0)
+    t.raises(ValueError, lib.train_step, mine, opt, x, y, max_grad_norm=-1.0)
+
+
+# -- 5.5 next_token_probs -----------------------------------------------------------------------------
+
+
+def _logits(seed, *shape, scale=2.0, dtype=torch.float64):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@hidden_test("5.5")
+def matches_the_reference_on_combinations(t):
+    """temperature, top-k, top-p and their combinations on (batch, vocab) and (batch, seq, vocab) logits"""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    cases = [
+        {"temperature": 0.7, "top_k": 5},
+        {"temperature": 1.3, "top_p": 0.6},
+        {"top_k": 8, "top_p": 0.9},
+        {"temperature": 0.25, "top_k": 40, "top_p": 0.5},
+        {"top_p": 0.999},
+        {"top_k": 1, "top_p": 0.3},
+    ]
+    for i, kwargs in enumerate(cases):
+        logits = _logits(5500 + i, 3, 2, 31) if i % 2 else _logits(5500 + i, 4, 31)
+        t.close(
+            lib.next_token_probs(logits, **kwargs),
+            ref.next_token_probs(logits, **kwargs),
+            atol=1e-12,
+            rtol=1e-9,
+            what=f"case {i}",
+        )
+
+
+@hidden_test("5.5")
+def top_k_comes_before_top_p(t):
+    """with both filters, top-p acts on the renormalised top-k distribution"""
+    lib = t.learner("sampling")
+    probs = torch.tensor([0.4, 0.1, 0.3, 0.2], dtype=torch.float64)
+    # top_k=2 keeps 0.4 and 0.3 -> 4/7 and 3/7; top_p=0.5 then keeps only 4/7 (4/7 >= 0.5)
+    t.close(
+        lib.next_token_probs(probs.log(), top_k=2, top_p=0.5),
+        torch.tensor([1.0, 0, 0, 0], dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+    )
+    # top_k=3 keeps 0.4, 0.3, 0.2 -> 4/9, 3/9, 2/9; top_p=0.62 then keeps the first two (4/9 < 0.62 <= 7/9)
+    t.close(
+        lib.next_token_probs(probs.log(), top_k=3, top_p=0.62),
+        torch.tensor([4 / 7, 0, 3 / 7, 0], dtype=torch.float64),
+        atol=1e-12,
+        rtol=1e-9,
+    )
+
+
+@hidden_test("5.5")
+def sums_to_one_and_keeps_dtype(t):
+    """float32 input stays float32, rows sum to 1, filtered entries are exactly 0, the input is unchanged"""
+    lib = t.learner("sampling")
+    logits = _logits(5520, 5, 50, dtype=torch.float32)
+    before = logits.clone()
+    p = lib.next_token_probs(logits, temperature=0.9, top_k=10, top_p=0.8)
+    t.true(p.dtype == torch.float32 and tuple(p.shape) == (5, 50), "float32 (5, 50) expected")
+    t.close(p.sum(-1), torch.ones(5), atol=1e-5, rtol=0, what="row sums")
+    t.true(bool(((p == 0).sum(-1) >= 40).all()), "top_k=10 must zero at least 40 of 50 entries")
+    t.equal(logits, before, what="logits after the call")
+    one = lib.next_token_probs(torch.tensor([0.3]))
+    t.close(one, torch.tensor([1.0]), atol=1e-7, rtol=0, what="a vocabulary of one token")
+
+
+@hidden_test("5.5")
+def rejects_bad_settings(t):
+    """float top_k, integer logits, temperature 0 and top_p of -0.1 raise ValueError"""
+    lib = t.learner("sampling")
+    logits = torch.zeros(3, 4)
+    t.raises(ValueError, lib.next_token_probs, logits, top_k=2.5)
+    t.raises(ValueError, lib.next_token_probs, torch.zeros(3, 4, dtype=torch.int64))
+    t.raises(ValueError, lib.next_token_probs, logits, temperature=0)
+    t.raises(ValueError, lib.next_token_probs, logits, top_p=-0.1)
+
+
+# -- 5.6 generate -------------------------------------------------------------------------------------
+
+SAMPLING_SIZES = {"vocab_size": 29, "context_length": 6, "d_model": 12, "n_layers": 2, "n_heads": 3}
+
+
+def _sampling_pair(t, seed, **overrides):
+    """A reference GPT with lively float64 weights and the learner's GPT with the same weights."""
+    lib, ref = t.learner("gpt"), t.reference("gpt")
+    sizes = dict(SAMPLING_SIZES, **overrides)
+    torch.manual_seed(seed)
+    expected = ref.GPT(ref.GPTConfig(**sizes)).double().eval()
+    with torch.no_grad():
+        for name, p in expected.named_parameters():
+            p.normal_(1.0 if name.endswith("weight") and p.ndim == 1 else 0.0, 0.5)
+    mine = lib.GPT(lib.GPTConfig(**sizes))
+    mine.double()
+    mine.load_state_dict(dict(expected.state_dict()))
+    mine.eval()
+    return mine, expected
+
+
+def _prompt(seed, batch, seq):
+    return torch.randint(29, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@hidden_test("5.6")
+def matches_the_reference_when_sampling(t):
+    """seeded sampling with temperature, top-k and top-p, batch of 3, prompts longer than the context"""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    mine, expected = _sampling_pair(t, 5600)
+    cases = [
+        ({"temperature": 0.8, "seed": 1}, (3, 2)),
+        ({"temperature": 1.0, "top_k": 5, "seed": 2}, (2, 9)),
+        ({"temperature": 1.2, "top_p": 0.9, "seed": 3}, (1, 4)),
+    ]
+    for i, (kwargs, (batch, seq)) in enumerate(cases):
+        ids = _prompt(5610 + i, batch, seq)
+        t.equal(lib.generate(mine, ids, 8, **kwargs), ref.generate(expected, ids, 8, **kwargs), what=f"case {i}")
+
+
+@hidden_test("5.6")
+def greedy_and_zero_new_tokens(t):
+    """greedy continuation of 10 tokens equals the reference; max_new_tokens=0 returns the prompt"""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    mine, expected = _sampling_pair(t, 5620, bias=False)
+    ids = _prompt(5621, 2, 3)
+    t.equal(lib.generate(mine, ids, 10, temperature=0, top_k=3), ref.generate(expected, ids, 10, temperature=0))
+    t.equal(lib.generate(mine, ids, 0, temperature=0.7, seed=0), ids, what="no new tokens")
+
+
+@hidden_test("5.6")
+def evaluation_mode_inside(t):
+    """a model with dropout in training mode generates as in evaluation mode and is left in training mode"""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    mine, expected = _sampling_pair(t, 5630, dropout=0.5)
+    mine.train()
+    ids = _prompt(5631, 2, 2)
+    t.equal(
+        lib.generate(mine, ids, 6, temperature=0.9, seed=11), ref.generate(expected, ids, 6, temperature=0.9, seed=11)
+    )
+    t.equal(t.value(mine.training), True, what="model.training afterwards")
+
+
+@hidden_test("5.6")
+def rejects_bad_arguments(t):
+    """a float max_new_tokens, an empty prompt or float ids raise ValueError"""
+    lib = t.learner("sampling")
+    mine, _ = _sampling_pair(t, 5640)
+    t.raises(ValueError, lib.generate, mine, torch.tensor([[1, 2]]), 2.0)
+    t.raises(ValueError, lib.generate, mine, torch.zeros(1, 0, dtype=torch.int64), 2)
+    t.raises(ValueError, lib.generate, mine, torch.zeros(1, 2), 2)
