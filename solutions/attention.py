@@ -12,7 +12,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=Fal
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.ndim < 2:
             raise ValueError(
-                f"{name} must be a tensor of shape (..., seq, d) with at least 2 dimensions, got {getattr(t, 'shape', type(t).__name__)}"
+                f"{name} must be a tensor of shape (..., seq, d) with at least 2 dimensions, "
+                f"got {getattr(t, 'shape', type(t).__name__)}"
             )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
@@ -37,7 +38,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=Fal
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise ValueError(
-                f"mask must be a torch.bool tensor (True: may attend), got {getattr(mask, 'dtype', type(mask).__name__)}"
+                "mask must be a torch.bool tensor (True: may attend), "
+                f"got {getattr(mask, 'dtype', type(mask).__name__)}"
             )
         try:
             fits = torch.broadcast_shapes(mask.shape, scores.shape) == scores.shape
@@ -45,7 +47,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=Fal
             fits = False
         if not fits:
             raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(scores.shape)} (..., seq_q, seq_k)"
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+                f"{tuple(scores.shape)} (..., seq_q, seq_k)"
             )
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
@@ -67,11 +70,13 @@ class MultiHeadAttention:
     def forward(self, x, mask=None):
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
-                f"x must be a tensor of shape (batch, seq, d_model={self.d_model}), got {getattr(x, 'shape', type(x).__name__)}"
+                f"x must be a tensor of shape (batch, seq, d_model={self.d_model}), "
+                f"got {getattr(x, 'shape', type(x).__name__)}"
             )
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
             raise ValueError(
-                f"mask must be None or a torch.bool tensor (True: may attend), got {getattr(mask, 'dtype', type(mask).__name__)}"
+                "mask must be None or a torch.bool tensor (True: may attend), "
+                f"got {getattr(mask, 'dtype', type(mask).__name__)}"
             )
         batch, seq, _ = x.shape
         heads = (batch, seq, self.n_heads, self.d_head)

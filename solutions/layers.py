@@ -11,7 +11,8 @@ class LayerNorm:
     def forward(self, x):
         if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.d_model:
             raise ValueError(
-                f"x must be a tensor of shape (..., d_model={self.d_model}), got {getattr(x, 'shape', type(x).__name__)}"
+                f"x must be a tensor of shape (..., d_model={self.d_model}), "
+                f"got {getattr(x, 'shape', type(x).__name__)}"
             )
         mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
         var = x.var(dim=-1, unbiased=False, keepdim=True)  # (..., 1): biased, as in the paper and PyTorch
@@ -34,7 +35,8 @@ class FeedForward:
     def forward(self, x):
         if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.d_model:
             raise ValueError(
-                f"x must be a tensor of shape (..., d_model={self.d_model}), got {getattr(x, 'shape', type(x).__name__)}"
+                f"x must be a tensor of shape (..., d_model={self.d_model}), "
+                f"got {getattr(x, 'shape', type(x).__name__)}"
             )
         h = gelu(self.fc_in(x), approximate=self.approximate)  # (..., d_ff)
         return self.dropout(self.fc_out(h))  # (..., d_model)

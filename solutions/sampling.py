@@ -8,7 +8,8 @@ import torch
 def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
     if not isinstance(logits, torch.Tensor) or logits.ndim < 1 or not logits.dtype.is_floating_point:
         raise ValueError(
-            f"logits must be a floating-point tensor of shape (..., vocab), got {getattr(logits, 'shape', type(logits).__name__)}"
+            "logits must be a floating-point tensor of shape (..., vocab), "
+            f"got {getattr(logits, 'shape', type(logits).__name__)}"
         )
     if type(temperature) not in (int, float) or not temperature > 0:
         raise ValueError(f"temperature must be > 0 here (use generate(temperature=0) for greedy), got {temperature!r}")
@@ -42,7 +43,8 @@ def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         or ids.dtype == torch.bool
     ):
         raise ValueError(
-            f"ids must be an integer tensor of shape (batch, seq) with seq >= 1, got {getattr(ids, 'shape', type(ids).__name__)}"
+            "ids must be an integer tensor of shape (batch, seq) with seq >= 1, "
+            f"got {getattr(ids, 'shape', type(ids).__name__)}"
         )
     if type(max_new_tokens) is not int or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")

@@ -110,7 +110,8 @@ class BPETokenizer:
             unknown = chosen - set(self.special_tokens)
             if unknown:
                 raise ValueError(
-                    f"{name} names {sorted(unknown)}, not special tokens of this tokenizer {sorted(self.special_tokens)}"
+                    f"{name} names {sorted(unknown)}, "
+                    f"not special tokens of this tokenizer {sorted(self.special_tokens)}"
                 )
             return chosen
 

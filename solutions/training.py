@@ -8,11 +8,13 @@ import torch
 def cross_entropy_loss(logits, targets):
     if not isinstance(logits, torch.Tensor) or logits.ndim != 3:
         raise ValueError(
-            f"logits must be a tensor of shape (batch, seq, vocab), got {getattr(logits, 'shape', type(logits).__name__)}"
+            "logits must be a tensor of shape (batch, seq, vocab), "
+            f"got {getattr(logits, 'shape', type(logits).__name__)}"
         )
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != tuple(logits.shape[:2]):
         raise ValueError(
-            f"targets must have shape (batch, seq) = {tuple(logits.shape[:2])}, got {getattr(targets, 'shape', type(targets).__name__)}"
+            f"targets must have shape (batch, seq) = {tuple(logits.shape[:2])}, "
+            f"got {getattr(targets, 'shape', type(targets).__name__)}"
         )
     log_probs = torch.log_softmax(logits, dim=-1)  # (batch, seq, vocab)
     picked = log_probs.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (batch, seq)
