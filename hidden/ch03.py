@@ -8,7 +8,7 @@ They may compute expected values with ``t.reference(module)``.
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks import seeded_randn
+from course_lib.checks import learner_model, seeded_randn
 from hidden import hidden_test
 
 # -- 3.1 scaled_dot_product_attention -----------------------------------------------------------------
@@ -156,13 +156,10 @@ def rejects_bad_sizes(t):
 
 def _pair(t, seed, *args, **kwargs):
     """A reference layer with seeded float64 weights, and the learner's layer holding the same weights."""
-    lib, ref = t.learner("attention"), t.reference("attention")
+    ref = t.reference("attention")
     torch.manual_seed(seed)
     expected = ref.MultiHeadAttention(*args, **kwargs).double().eval()
-    mine = lib.MultiHeadAttention(*args, **kwargs)
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
-    mine.eval()
+    mine = learner_model(t, "attention", "MultiHeadAttention", expected.state_dict(), *args, **kwargs)
     return mine, expected
 
 

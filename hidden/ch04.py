@@ -8,7 +8,7 @@ They may compute expected values with ``t.reference(module)``.
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks import seeded_randn
+from course_lib.checks import learner_model, seeded_randn
 from hidden import hidden_test
 
 # -- 4.1 LayerNorm.forward ----------------------------------------------------------------------------
@@ -16,15 +16,13 @@ from hidden import hidden_test
 
 def _layer_norm_pair(t, seed, d_model, **kwargs):
     """A reference LayerNorm with seeded float64 weights, and the learner's holding the same weights."""
-    lib, ref = t.learner("layers"), t.reference("layers")
+    ref = t.reference("layers")
     expected = ref.LayerNorm(d_model, **kwargs).double()
     with torch.no_grad():
         expected.weight.copy_(1.0 + seeded_randn(seed, d_model))
         if expected.bias is not None:
             expected.bias.copy_(seeded_randn(seed + 1, d_model))
-    mine = lib.LayerNorm(d_model, **kwargs)
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
+    mine = learner_model(t, "layers", "LayerNorm", expected.state_dict(), d_model, **kwargs, train=True)
     return mine, expected
 
 
@@ -145,13 +143,10 @@ def rejects_unknown_forms(t):
 
 def _feed_forward_pair(t, seed, *args, **kwargs):
     """A reference FeedForward with seeded float64 weights, and the learner's holding the same weights."""
-    lib, ref = t.learner("layers"), t.reference("layers")
+    ref = t.reference("layers")
     torch.manual_seed(seed)
     expected = ref.FeedForward(*args, **kwargs).double().eval()
-    mine = lib.FeedForward(*args, **kwargs)
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
-    mine.eval()
+    mine = learner_model(t, "layers", "FeedForward", expected.state_dict(), *args, **kwargs)
     return mine, expected
 
 
@@ -215,7 +210,7 @@ def rejects_a_wrong_last_dimension(t):
 
 def _block_pair(t, seed, *args, **kwargs):
     """A reference block with seeded float64 weights (LayerNorms too), and the learner's holding the same weights."""
-    lib, ref = t.learner("block"), t.reference("block")
+    ref = t.reference("block")
     torch.manual_seed(seed)
     expected = ref.TransformerBlock(*args, **kwargs).double().eval()
     with torch.no_grad():
@@ -223,10 +218,7 @@ def _block_pair(t, seed, *args, **kwargs):
             ln.weight.normal_(1.0, 0.3)
             if ln.bias is not None:
                 ln.bias.normal_(0.0, 0.3)
-    mine = lib.TransformerBlock(*args, **kwargs)
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
-    mine.eval()
+    mine = learner_model(t, "block", "TransformerBlock", expected.state_dict(), *args, **kwargs)
     return mine, expected
 
 

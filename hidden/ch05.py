@@ -8,6 +8,7 @@ They may compute expected values with ``t.reference(module)``.
 import torch
 import torch.nn.functional as F
 
+from course_lib.checks import learner_model
 from hidden import hidden_test
 
 # -- 5.1 GPT.forward ----------------------------------------------------------------------------------
@@ -21,10 +22,7 @@ def _gpt_pair(t, seed, **sizes):
     with torch.no_grad():
         for name, p in expected.named_parameters():
             p.normal_(1.0 if name.endswith("weight") and p.ndim == 1 else 0.0, 0.3)
-    mine = lib.GPT(lib.GPTConfig(**sizes))
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
-    mine.eval()
+    mine = learner_model(t, "gpt", "GPT", expected.state_dict(), lib.GPTConfig(**sizes))
     return mine, expected
 
 
@@ -206,9 +204,7 @@ def _training_pair(t, seed, **overrides):
     sizes = dict(TRAIN_SIZES, **overrides)
     torch.manual_seed(seed)
     expected = ref.GPT(ref.GPTConfig(**sizes)).double()
-    mine = lib.GPT(lib.GPTConfig(**sizes))
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
+    mine = learner_model(t, "gpt", "GPT", expected.state_dict(), lib.GPTConfig(**sizes), train=True)
     return mine, expected
 
 
@@ -386,10 +382,7 @@ def _sampling_pair(t, seed, **overrides):
     with torch.no_grad():
         for name, p in expected.named_parameters():
             p.normal_(1.0 if name.endswith("weight") and p.ndim == 1 else 0.0, 0.5)
-    mine = lib.GPT(lib.GPTConfig(**sizes))
-    mine.double()
-    mine.load_state_dict(dict(expected.state_dict()))
-    mine.eval()
+    mine = learner_model(t, "gpt", "GPT", expected.state_dict(), lib.GPTConfig(**sizes))
     return mine, expected
 
 

@@ -9,6 +9,7 @@ so the tolerances are tight.
 import torch
 import torch.nn.functional as F
 
+from course_lib.checks import learner_model
 from course_lib.grading import visible_check
 
 F64 = torch.float64
@@ -221,11 +222,7 @@ def _block_expected(state: dict, x: torch.Tensor, n_heads: int, padding: torch.T
 
 
 def _learner_block(t, state: dict, *args, **kwargs):
-    block = t.learner("block").TransformerBlock(*args, **kwargs)
-    block.double()
-    block.load_state_dict(state)
-    block.eval()
-    return block
+    return learner_model(t, "block", "TransformerBlock", state, *args, **kwargs)
 
 
 @visible_check("4.4")

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from course_lib.checks import learner_model
 from course_lib.grading import visible_check
 
 F64 = torch.float64
@@ -80,12 +81,7 @@ def _functional_gpt(state, ids, n_layers, n_heads, eps=1e-5):
 
 
 def _learner_gpt(t, state, **sizes):
-    lib = t.learner("gpt")
-    model = lib.GPT(lib.GPTConfig(**sizes))
-    model.double()
-    model.load_state_dict(state)
-    model.eval()
-    return model
+    return learner_model(t, "gpt", "GPT", state, t.learner("gpt").GPTConfig(**sizes))
 
 
 # -- 5.1 GPT.forward ------------------------------------------------------------------------------
