@@ -51,8 +51,9 @@ test: setup
 release: setup
 	$(RUN)python -m grader.course release
 
+# JOBS=N judges N submissions at once (default: the number of cores).
 autograde: setup
-	$(RUN)python -m grader.course autograde
+	$(RUN)python -m grader.course autograde $(if $(JOBS),--jobs $(JOBS))
 
 serve:
 	$(PYTHON) -m http.server $(PORT) --directory _build/html

@@ -14,18 +14,27 @@ import argparse
 import ast
 import contextlib
 import csv
+import json
 import os
+import queue
+import select
 import shutil
 import subprocess
 import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 
-from course_lib import exercises
+from course_lib import exercises, threads
+from grader import nbgrader_hooks
+from grader.sandbox import deadline
 
 REPO = Path(__file__).resolve().parent.parent
 COURSE_ID = "tokens-journey"
+VERDICTS = ".verdicts"  # <COURSE_DIR>/.verdicts/<assignment>/<student>.json while make autograde runs
 
 
 def course_dir() -> Path:
@@ -71,6 +80,7 @@ c.Autograde.autograde_preprocessors = [
 ]
 c.UseSourceNotebook.source_root = {str(root / "source")!r}
 c.GradeInSandbox.submitted_root = {str(root / "submitted")!r}
+c.GradeInSandbox.verdicts_root = {str(root / VERDICTS)!r}
 """
     )
 
@@ -156,11 +166,144 @@ def prepare_submissions(root: Path) -> None:
                 shutil.copy(released, submitted)
 
 
+SANDBOX_FIX = (
+    "Fix: run the grader as root or with unprivileged user namespaces and util-linux's unshare and setpriv, "
+    "with the Python environment readable by others (see 'How grading resists gaming' in the README)."
+)
+
+
+def default_jobs() -> int:
+    """How many submissions ``make autograde`` judges at once: ``JOBS``, else the cores."""
+    value = os.environ.get("JOBS", "")
+    if value and (not value.isdigit() or int(value) < 1):
+        raise SystemExit(f"JOBS must be a positive integer, got {value!r}")
+    return int(value) if value else threads.cores()
+
+
+class JudgeServer:
+    """One ``python -m grader.judge --serve`` process, judging the submissions it is given one at a time."""
+
+    def __init__(self, env: dict[str, str]):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "grader.judge", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        first = self._line(deadline("COURSE_GRADER_START_TIMEOUT", 60) * 5)
+        self.broken = "the judge did not start" if first is None else first.get("broken")
+
+    def _line(self, timeout: float):
+        """The next line the judge answers, parsed, or ``None`` (it crashed, timed out or answered garbage)."""
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        try:
+            return json.loads(line) if line else None
+        except json.JSONDecodeError:
+            return None
+
+    def judge(self, chapter: int, submission: Path, sources: list[str]) -> list[dict] | None:
+        """The verdicts of one submission, or ``None`` if the judge failed (it is then closed)."""
+        task = {"chapter": chapter, "submission": str(submission), "sources": sources}
+        try:
+            self.process.stdin.write(json.dumps(task) + "\n")
+            self.process.stdin.flush()
+        except OSError:
+            self.close()
+            return None
+        verdicts = self._line(deadline("COURSE_GRADER_SUBMISSION_TIMEOUT", 3600))
+        if not isinstance(verdicts, list) or len(verdicts) != len(sources):
+            self.close()
+            return None
+        return verdicts
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def test_cells(notebook: Path) -> list[str]:
+    """The sources of a source notebook's test cells (visible checks and hidden tests), in order."""
+    nb = nbformat.read(notebook, as_version=4)
+    return [cell.source for cell in nb.cells if nbgrader_hooks.is_test_cell(cell)]
+
+
+def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
+    """Judge every submission of ``assignments``, ``jobs`` at a time, into ``<root>/.verdicts/``.
+
+    First every judge proves the sandbox works; if it does not, nothing is graded. A judge that
+    crashes or overruns ``COURSE_GRADER_SUBMISSION_TIMEOUT`` is replaced; the submission it was on is
+    tried once more in the new one, and then recorded as a grading error. No submission's verdicts
+    depend on another's.
+    """
+    tasks: queue.Queue = queue.Queue()
+    for assignment in assignments:
+        sources = test_cells(next((root / "source" / assignment).glob("*.ipynb")))
+        for folder in sorted((root / "submitted").glob(f"*/{assignment}")):
+            tasks.put((assignment, folder, sources))
+    count = tasks.qsize()
+    if not count:
+        return
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = {key: value for key, value in env.items() if not key.startswith("COURSE_LIB_")}
+    jobs = max(1, min(jobs, count))
+    env[threads.THREADS_ENV] = str(max(1, threads.cores() // jobs))  # the judges share the cores, never oversubscribe
+    with ThreadPoolExecutor(jobs) as pool:
+        servers = list(pool.map(lambda _: JudgeServer(env), range(jobs)))
+    broken = next((server.broken for server in servers if server.broken), None)
+    if broken:
+        for server in servers:
+            server.close()
+        raise SystemExit(
+            f"The grader's sandbox does not work on this machine, so nothing was graded:\n{broken}\n{SANDBOX_FIX}"
+        )
+    print(f"judging {count} submissions, {jobs} at a time")
+
+    def work(server: JudgeServer) -> None:
+        while True:
+            try:
+                assignment, folder, sources = tasks.get_nowait()
+            except queue.Empty:
+                server.close()
+                return
+            start = time.monotonic()
+            verdicts = None
+            for _attempt in (1, 2):
+                if server.process.poll() is not None:
+                    server = JudgeServer(env)
+                if not server.broken:
+                    verdicts = server.judge(int(assignment[2:]), folder, sources)
+                if verdicts is not None:
+                    break
+            if verdicts is None:
+                verdicts = [{"grading_error": "the judge crashed or timed out (see its errors above)"}] * len(sources)
+            target = root / VERDICTS / assignment / f"{folder.parent.name}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps({"sources": sources, "verdicts": verdicts}), encoding="utf-8")
+            passed = sum(bool(v.get("passed")) for v in verdicts)
+            errors = " — grading error" if any("grading_error" in v for v in verdicts) else ""
+            print(
+                f"judged {folder.parent.name}/{assignment}: {passed}/{len(verdicts)} cells passed "
+                f"({time.monotonic() - start:.1f} s){errors}",
+                flush=True,
+            )
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(work, servers))
+
+
 def preflight() -> None:
     """Prove the sandbox works before grading anything: the references must pass a check inside it.
 
     Without this, a grading machine whose sandbox cannot run (an interpreter the sandbox's user
     cannot read, no ``unshare``) would score every submission 0 and blame the learners.
+    ``make autograde`` gets the same proof from each of its judges (:func:`judge_all`).
     """
     done = subprocess.run(
         [sys.executable, "-m", "grader.judge", "--self-test"],
@@ -173,10 +316,51 @@ def preflight() -> None:
     if done.returncode != 0:
         raise SystemExit(
             "The grader's sandbox does not work on this machine, so nothing was graded:\n"
-            f"{(done.stdout + done.stderr).strip()[-3000:]}\n"
-            "Fix: run the grader as root or with unprivileged user namespaces and util-linux's unshare and setpriv, "
-            "with the Python environment readable by others (see 'How grading resists gaming' in the README)."
+            f"{(done.stdout + done.stderr).strip()[-3000:]}\n{SANDBOX_FIX}"
         )
+
+
+def run_nbgrader(root: Path, assignments: list[str]) -> None:
+    """nbgrader's autograde and feedback for ``assignments``, in this one process.
+
+    The verdicts are in ``<root>/.verdicts/`` by now, so nbgrader only records them: running its
+    commands here rather than as ten processes saves their start-up, seconds each.
+    """
+    from nbgrader.converters import Autograde, GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+    from sqlalchemy.exc import SAWarning
+    from traitlets.config.loader import PyFileConfigLoader
+
+    # nbgrader runs `alembic` to create the gradebook: the environment's scripts must be on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
+    with contextlib.chdir(root), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's ORM warns about its own sessions
+        for assignment in assignments:
+            for converter in (Autograde, GenerateFeedback):
+                coursedir = CourseDirectory(config=config)
+                coursedir.assignment_id = assignment
+                app = converter(coursedir=coursedir, config=config)
+                app.force = True
+                if converter is Autograde:
+                    app.create_student = True
+                try:
+                    app.start()
+                except Exception as err:  # nbgrader says which submissions failed in its log above
+                    print(
+                        f"warning: nbgrader {converter.__name__} reported errors for {assignment} ({err}); continuing"
+                    )
+
+
+def export(root: Path) -> None:
+    """nbgrader's CSV export of the gradebook to ``<root>/grades.csv``."""
+    from nbgrader.api import Gradebook
+    from nbgrader.plugins import CsvExportPlugin
+
+    exporter = CsvExportPlugin()
+    exporter.to = str(root / "grades.csv")
+    with Gradebook(gradebook_url(root), COURSE_ID) as gradebook:
+        exporter.export(gradebook)
 
 
 def _failed_submissions(root: Path, assignment: str) -> list[str]:
@@ -217,23 +401,19 @@ def _mark_csv(root: Path, path: Path, failed: dict[str, list[str]]) -> None:
         writer.writerows(rows)
 
 
-def autograde(root: Path) -> None:
+def autograde(root: Path, jobs: int | None = None) -> None:
     write_config(root)
     prepare_submissions(root)
-    preflight()
-    failed: dict[str, list[str]] = {}
-    for assignment in chapter_notebooks():
-        if not any((root / "submitted").glob(f"*/{assignment}")):
-            continue
-        try:
-            nbgrader(root, "autograde", assignment, "--force")
-        except subprocess.CalledProcessError:
-            print(f"warning: nbgrader reported errors while autograding {assignment} (see above); continuing")
-        failed[assignment] = _failed_submissions(root, assignment)
-        nbgrader(root, "generate_feedback", assignment, "--force")
-    failed = {assignment: students for assignment, students in failed.items() if students}
+    assignments = [a for a in chapter_notebooks() if any((root / "submitted").glob(f"*/{a}"))]
+    shutil.rmtree(root / VERDICTS, ignore_errors=True)
+    try:
+        judge_all(root, assignments, jobs or default_jobs())
+        run_nbgrader(root, assignments)
+    finally:
+        shutil.rmtree(root / VERDICTS, ignore_errors=True)  # a later plain `nbgrader autograde` must judge afresh
+    failed = {a: students for a in assignments if (students := _failed_submissions(root, a))}
     _forget(root, failed)
-    nbgrader(root, "export", f"--to={root / 'grades.csv'}")
+    export(root)
     _mark_csv(root, root / "grades.csv", failed)
     print(f"grades: {root / 'grades.csv'}")
     if failed:
@@ -247,8 +427,14 @@ def autograde(root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["release", "autograde"])
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="submissions judged at once (default: JOBS, else the cores)"
+    )
     args = parser.parse_args()
-    {"release": release, "autograde": autograde}[args.command](course_dir())
+    if args.command == "release":
+        release(course_dir())
+    else:
+        autograde(course_dir(), args.jobs)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The trusted judge: runs a chapter's test cells against one submission, outside any notebook kernel.
 
     python -m grader.judge CHAPTER SUBMISSION_DIR < cells.json > verdicts.json
+    python -m grader.judge --serve       # many submissions, one task per line (see serve())
+    python -m grader.judge --self-test   # exit 0 when the sandbox works on this machine
 
 It reads a JSON list of test-cell sources (the instructor's, never the learner's), and for each
 one runs the source in a fresh namespace of this clean process, with the instructor's
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from course_lib import exercises, grading
 from grader.fill import fill_module
-from grader.sandbox import SandboxBackend
+from grader.sandbox import Sandbox, SandboxBackend
 
 
 def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
@@ -81,8 +83,21 @@ def judge_cell(source: str) -> dict:
     return {"passed": True, "stdout": out.getvalue()}
 
 
-def self_test() -> int:
-    """Grade the references of the first exercise in the sandbox: 0 when the sandbox works."""
+def judge_submission(chapter: int, submission: Path, sources: list[str]) -> list[dict]:
+    """The verdicts of ``sources`` (a chapter's test cells) on one submission, in one sandbox of its own."""
+    os.environ[exercises.SOLUTIONS_ENV] = "1"
+    with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
+        stage_package(chapter, submission, Path(staging))
+        sandbox = Sandbox(Path(staging))
+        grading.use_backend(lambda: SandboxBackend(sandbox))
+        try:
+            return [judge_cell(source) for source in sources]
+        finally:
+            sandbox.close()
+
+
+def self_test() -> str | None:
+    """Grade the references of the first exercise in the sandbox: ``None`` when the sandbox works, else why not."""
     os.environ[exercises.SOLUTIONS_ENV] = "1"
     first = exercises.all_exercises()[0]
     with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
@@ -90,22 +105,49 @@ def self_test() -> int:
         grading.use_backend(lambda: SandboxBackend(Path(staging)))
         verdict = judge_cell(f"from course_lib.grading import run_checks\nrun_checks({first.id!r})")
     if verdict.get("passed"):
-        return 0
-    print(verdict.get("grading_error") or f"{verdict['stdout']}{verdict.get('ename')}: {verdict.get('evalue')}")
-    return 1
+        return None
+    return verdict.get("grading_error") or f"{verdict['stdout']}{verdict.get('ename')}: {verdict.get('evalue')}"
+
+
+def serve() -> None:
+    """Judge submission after submission: the instructor's ``make autograde`` runs one of these per job.
+
+    It first proves the sandbox works (``{"ready": true}``, or ``{"broken": why}`` and exit), then
+    reads one task per line on stdin, ``{"chapter": 3, "submission": "/path", "sources": [...]}``,
+    and answers each with one line, the list of verdicts. Torch, the references and the hidden tests
+    are imported once for all the submissions; each submission still gets a sandbox of its own.
+    """
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # whatever else prints must not mix with the answers
+
+    def answer(message) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    broken = self_test()
+    answer({"broken": broken} if broken else {"ready": True})
+    if broken:
+        return
+    for line in sys.stdin:
+        task = json.loads(line)
+        try:
+            answer(judge_submission(task["chapter"], Path(task["submission"]).resolve(), task["sources"]))
+        except Exception as err:  # the judge's own failure: this submission gets no verdict, the next one does
+            answer([{"grading_error": f"the judge failed: {type(err).__name__}: {err}"}] * len(task["sources"]))
 
 
 def main() -> None:
     if sys.argv[1:] == ["--self-test"]:
-        sys.exit(self_test())
+        broken = self_test()
+        if broken:
+            print(broken)
+        sys.exit(1 if broken else 0)
+    if sys.argv[1:] == ["--serve"]:
+        return serve()
     chapter, submission = int(sys.argv[1]), Path(sys.argv[2]).resolve()
     sources = json.load(sys.stdin)
     os.environ[exercises.SOLUTIONS_ENV] = "1"
-    with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
-        stage_package(chapter, submission, Path(staging))
-        grading.use_backend(lambda: SandboxBackend(Path(staging)))
-        verdicts = [judge_cell(source) for source in sources]
-    json.dump(verdicts, sys.stdout)
+    json.dump(judge_submission(chapter, submission, sources), sys.stdout)
 
 
 if __name__ == "__main__":

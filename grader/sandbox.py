@@ -1,29 +1,34 @@
-"""Run a learner's ``course_lib`` in a sandboxed worker process and call into it.
+"""Run a learner's ``course_lib`` in a sandbox and call into it.
 
-The worker is a fresh Python process started through ``unshare`` (util-linux) in its own mount,
-network and PID namespaces. Before it runs a line of learner code:
+Each submission gets a sandbox of its own: a process in new mount, network and PID namespaces,
+forked by a *factory* that has imported torch once for all of them (see ``grader/worker.py``).
+Before it runs a line of learner code:
 
 - the instructor's repository and ``COURSE_DIR`` (source notebooks, ``solutions/``, the
   gradebook, other students' work) are covered by empty tmpfs mounts, and the rest of the file
-  system is read-only, except a small tmpfs that holds the learner's package;
+  system is read-only, except small tmpfs mounts that hold the learner's package (read-only) and
+  the workers' folders;
 - it has no network, sees no other process, and runs as ``nobody`` with no capabilities (as a
   user without privileges it runs in a nested user namespace instead);
 - address space, CPU time, processes, open files and file sizes are capped with ``setrlimit``.
 
-The grader waits on each call with a wall-clock deadline and kills the whole namespace when it
-is overrun. ``COURSE_GRADER_SANDBOX=none`` runs the worker without namespaces (limits and
-deadlines only), for machines without ``unshare``; do not grade untrusted work that way.
+The sandbox's template process forks a fresh worker for each exercise's checks. The grader waits
+on each call with a wall-clock deadline and kills the whole namespace when it is overrun.
+``COURSE_GRADER_SANDBOX=none`` runs without namespaces (limits and deadlines only), for machines
+without them; do not grade untrusted work that way.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
-import resource
 import selectors
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -31,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from course_lib import threads
 from course_lib.grading import GradingError
 from grader import wire
 
@@ -40,6 +46,23 @@ NOBODY = 65534
 
 def _setting(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def load_factor() -> float:
+    """How many times slower than alone a process runs now: the 1-minute load per core, from 1 up to 10."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 1.0
+    return min(10.0, max(1.0, load / threads.cores()))
+
+
+def deadline(name: str, default: float) -> float:
+    """A wall-clock limit in seconds: the setting ``name`` (or ``default``), scaled by :func:`load_factor`.
+
+    A correct answer must not run out of time because other work shares the machine.
+    """
+    return float(os.environ.get(name, default)) * load_factor()
 
 
 class SandboxError(Exception):
@@ -55,31 +78,30 @@ class LearnerRaised(Exception):
         self.message = message
 
 
-def _limits(memory_bytes: int, cpu_seconds: int):
-    def apply():
-        os.setsid()
-        for limit, value in (
-            (resource.RLIMIT_AS, memory_bytes),
-            (resource.RLIMIT_CPU, cpu_seconds),
-            (resource.RLIMIT_FSIZE, 64 << 20),
-            (resource.RLIMIT_NOFILE, 256),
-            (resource.RLIMIT_CORE, 0),
-        ):
-            resource.setrlimit(limit, (value, value))
-        if os.geteuid() == 0:  # counted per user: once the worker runs as nobody, this caps fork bombs
-            resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
-
-    return apply
+def _limits() -> dict[str, int]:
+    """The ``setrlimit`` caps of a sandbox (``RLIMIT_NPROC`` applies only where it runs as a user of its own)."""
+    return {
+        "RLIMIT_AS": _setting("COURSE_GRADER_MEMORY_MB", 4096) << 20,
+        "RLIMIT_CPU": _setting("COURSE_GRADER_CPU_SECONDS", 600),
+        "RLIMIT_FSIZE": 64 << 20,
+        "RLIMIT_NOFILE": 256,
+        "RLIMIT_CORE": 0,
+        "RLIMIT_NPROC": 256,  # counted per user: once the sandbox runs as nobody, this caps fork bombs
+    }
 
 
 def _under(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _namespace_script(hidden: list[Path], run_dir: Path, src_dir: Path, hold: Path, command: list[str]) -> str:
-    """The shell script that builds the sandbox inside fresh namespaces, then execs ``command``."""
+def _namespace_script(hidden: list[Path], package: Path, run_root: Path, src_dir: Path, hold: Path) -> str:
+    """The shell script that builds the sandbox's file system, run as root inside the new namespaces.
+
+    ``package`` receives a read-only copy of ``src_dir`` (the learner's package); ``run_root`` is
+    the only place the sandbox's user may write.
+    """
     q = shlex.quote
-    lines = ["set -eu", "mount --make-rprivate /"]
+    lines = ["set -eu", "mount --make-rprivate /", "mount -t proc -o nosuid,nodev,noexec proc /proc"]
     prefixes = {Path(p).absolute() for p in (sys.prefix, sys.base_prefix)}
     keep = sorted(p for p in prefixes if any(_under(p, h) or _under(p.resolve(), h) for h in hidden))
     for i, path in enumerate(keep):  # the interpreter must stay reachable when it lives in a hidden folder
@@ -88,26 +110,16 @@ def _namespace_script(hidden: list[Path], run_dir: Path, src_dir: Path, hold: Pa
     for i, path in enumerate(keep):
         lines.append(f"mkdir -p {q(str(path))} && mount --bind {q(str(hold / str(i)))} {q(str(path))}")
     lines += [
-        f"mount -t tmpfs -o size=256m,mode=0755 tmpfs {q(str(run_dir))}",
-        f"cp -R {q(str(src_dir))}/. {q(str(run_dir))}/",
+        f"mount -t tmpfs -o size=64m,mode=0755 tmpfs {q(str(package))}",
+        f"cp -R {q(str(src_dir))}/. {q(str(package))}/",
+        f"chmod -R a+rX {q(str(package))}",
+        f"mount -o remount,ro {q(str(package))}",
+        f"mount -t tmpfs -o size=256m,mode=0755 tmpfs {q(str(run_root))}",
         "[ ! -d /dev/shm ] || mount -t tmpfs -o size=16m tmpfs /dev/shm",
         "mount -o remount,bind,ro /",
     ]
     if os.geteuid() == 0:
-        lines.append(f"chown -R {NOBODY}:{NOBODY} {q(str(run_dir))}")
-        drop = [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ]
-    else:  # a nested user namespace without root locks the mounts above and holds no capabilities
-        drop = ["unshare", "--user"]
-    lines.append(f"cd {q(str(run_dir))}")
-    lines.append("exec " + " ".join(q(part) for part in drop + command))
+        lines.append(f"chown {NOBODY}:{NOBODY} {q(str(run_root))}")
     return "\n".join(lines)
 
 
@@ -121,8 +133,94 @@ def hidden_paths() -> list[Path]:
     return sorted(p for p in set(paths) if p.is_dir() and not any(p != q and _under(p, q) for q in paths))
 
 
-class Worker:
-    """One sandboxed worker process holding a copy of a learner's ``course_lib``.
+SANDBOX_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "MPLBACKEND": "Agg",
+    "OMP_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONHASHSEED": "0",
+}
+
+
+class Factory:
+    """The process that forks sandboxes (``grader/worker.py --factory``): one per grading process.
+
+    It has imported torch and what else the course uses, and nothing of the instructor's: each
+    sandbox it forks starts with them imported, in milliseconds.
+    """
+
+    _instance: Factory | None = None
+
+    def __init__(self):
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-B", str(HERE / "worker.py"), "--factory", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=dict(SANDBOX_ENV, HOME="/nonexistent"),
+            )
+        self.control.settimeout(deadline("COURSE_GRADER_START_TIMEOUT", 60))
+        try:
+            ready = json.loads(self.control.recv(1 << 16) or b"null")
+        except (OSError, ValueError) as err:
+            ready = repr(err)
+        if ready != {"ready": True}:
+            self.close()
+            raise SandboxError(f"the sandbox factory did not start ({ready})")
+
+    @classmethod
+    def get(cls) -> Factory:
+        """The running factory of this process, started (again) if need be."""
+        if cls._instance is None or cls._instance.process.poll() is not None:
+            cls._instance = cls()
+        return cls._instance
+
+    def spawn(self, spec: dict, fds: list[int]) -> int:
+        """Fork a sandbox with ``fds`` as its stdin, stdout and stderr; return its process id."""
+        try:
+            socket.send_fds(self.control, [json.dumps(spec).encode()], fds)
+            reply = json.loads(self.control.recv(1 << 16) or b"null")
+        except (OSError, ValueError) as err:
+            self.close()
+            raise SandboxError(f"the sandbox factory failed ({err})") from None
+        if type(reply) is not dict or type(reply.get("pid")) is not int:
+            self.close()
+            raise SandboxError(f"the sandbox factory answered {reply!r}")
+        return reply["pid"]
+
+    def close(self) -> None:
+        self.control.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if Factory._instance is self:
+            Factory._instance = None
+
+
+atexit.register(lambda: Factory._instance and Factory._instance.close())
+
+
+class _Channel:
+    """The grader's ends of the pipes to a sandbox's template, and the sandbox's process id."""
+
+    def __init__(self, pid: int, stdin: int, stdout: int):
+        self.pid = pid
+        self.stdin = os.fdopen(stdin, "wb")
+        self.stdout = os.fdopen(stdout, "rb", buffering=0)
+
+
+class Sandbox:
+    """A sandbox holding a copy of one learner's ``course_lib``, and the template process inside it.
+
+    The template has imported torch and the rest of what the course uses, never learner code.
+    :meth:`worker` forks it into a fresh :class:`Worker` (a few milliseconds instead of the
+    seconds an import of torch takes); a worker that crashes or is closed leaves the template as it
+    was. A worker that overruns its deadline, or a template that misbehaves, takes the whole sandbox
+    down: the next :meth:`worker` starts a new one.
 
     Args:
         package_dir: a folder holding the ``course_lib`` package to import (copied, never used in place).
@@ -130,65 +228,98 @@ class Worker:
     """
 
     def __init__(self, package_dir: Path, call_timeout: float | None = None):
-        self.call_timeout = call_timeout or _setting("COURSE_GRADER_CALL_TIMEOUT", 20)
+        self.package_dir = package_dir
+        self.call_timeout = call_timeout or deadline("COURSE_GRADER_CALL_TIMEOUT", 20)
+        self.process: subprocess.Popen | None = None
+        self.root: Path | None = None
+        self.current: Worker | None = None
+        self.last_stderr = ""
+        self._strays: list[int] = []  # without namespaces: the workers' process groups, killed on close
+
+    # -- the template process ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fork a sandbox from the factory and wait for its template; :class:`SandboxError` if it does not start."""
         self.root = Path(tempfile.mkdtemp(prefix="course-sandbox-"))
-        os.chmod(self.root, 0o755)
-        src, run, tools = self.root / "src", self.root / "run", self.root / "grader"
-        shutil.copytree(package_dir / "course_lib", src / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
-        tools.mkdir()
-        for name in ("wire.py", "worker.py"):
-            shutil.copy(HERE / name, tools / name)
+        os.chmod(self.root, 0o755)  # the sandbox's user must reach its folders in here ...
+        src, package, run = self.root / "src", self.root / "package", self.root / "run"
+        shutil.copytree(
+            self.package_dir / "course_lib", src / "course_lib", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        os.chmod(src, 0o700)  # ... but not this copy, nor any other sandbox's: only root copies it in
+        package.mkdir()
         run.mkdir()
         self.stderr_path = self.root / "stderr.txt"
-        command = [sys.executable, "-I", "-B", str(tools / "worker.py"), str(run)]
         mode = os.environ.get("COURSE_GRADER_SANDBOX", "namespace")
+        spec = {"mode": mode, "package": str(package), "run": str(run), "limits": _limits()}
         if mode == "namespace":
-            if shutil.which("unshare") is None:
-                raise SandboxError("the sandbox needs `unshare` (util-linux); see COURSE_GRADER_SANDBOX in the README")
-            script = _namespace_script(hidden_paths(), run, src, self.root / "hold", command)
-            flags = ["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
-            if os.geteuid() != 0:
-                flags = ["--user", "--map-root-user"] + flags
-            argv = ["unshare", *flags, "sh", "-c", script]
+            spec["script"] = _namespace_script(hidden_paths(), package, run, src, self.root / "hold")
         elif mode == "none":
-            shutil.copytree(src, run, dirs_exist_ok=True)
-            argv = command
+            spec["package"] = str(src)
         else:
             raise SandboxError(f"COURSE_GRADER_SANDBOX must be 'namespace' or 'none', got {mode!r}")
-        memory = _setting("COURSE_GRADER_MEMORY_MB", 4096) << 20
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                cwd=self.root,
-                preexec_fn=_limits(memory, _setting("COURSE_GRADER_CPU_SECONDS", 600)),
-                env={
-                    "PATH": "/usr/bin:/bin",
-                    "HOME": str(run),
-                    "LANG": "C.UTF-8",
-                    "MPLBACKEND": "Agg",
-                    "MPLCONFIGDIR": str(run),
-                    "OMP_NUM_THREADS": "1",
-                    "PYTHONHASHSEED": "0",
-                },
-            )
+        to_template, from_grader = os.pipe()
+        to_grader, from_template = os.pipe()
+        stderr = os.open(self.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            pid = Factory.get().spawn(spec, [to_template, from_template, stderr])
+        except BaseException:
+            os.close(from_grader)
+            os.close(to_grader)
+            raise
+        finally:
+            for fd in (to_template, from_template, stderr):
+                os.close(fd)
+        self.process = _Channel(pid, from_grader, to_grader)
         self._buffer = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         try:
-            ready = self._receive(_setting("COURSE_GRADER_START_TIMEOUT", 60))
+            ready = self._receive(deadline("COURSE_GRADER_START_TIMEOUT", 60))
         except SandboxError as err:  # no learner code has run yet: this is the sandbox's own failure
             raise SandboxError(f"the sandbox did not start: {err}\n{self.last_stderr}") from None
         if ready != {"ready": True}:
             self.close()
-            raise SandboxError("the sandboxed worker did not start")
+            raise SandboxError("the sandbox's template process did not start")
+
+    def worker(self) -> Worker:
+        """A fresh worker with the learner's package imported from a clean copy (the previous one is closed).
+
+        Raises :class:`SandboxError` if no worker can be started, even in a new sandbox.
+        """
+        if self.current is not None:
+            self.current.close()
+        for attempt in (1, 2):  # an earlier worker may have left the template unusable: then a new sandbox
+            try:
+                if self.process is None:
+                    self.start()
+                self._send({"op": "fork"})
+                reply = self._receive(deadline("COURSE_GRADER_START_TIMEOUT", 60))
+                if type(reply) is not dict or reply.get("ready") is not True or type(reply.get("pid")) is not int:
+                    self._fail(f"the template answered {_short(reply)} instead of starting a worker")
+            except SandboxError as err:
+                self.close()
+                if attempt == 2:
+                    raise SandboxError(f"no sandboxed worker could be started: {err}\n{self.last_stderr}") from None
+                continue
+            self.current = Worker(self)
+            if os.environ.get("COURSE_GRADER_SANDBOX") == "none":  # no namespace to kill it with the template
+                self._strays.append(reply["pid"])
+            return self.current
+        raise AssertionError("unreachable")
 
     # -- protocol ------------------------------------------------------------------------
 
+    def _send(self, message) -> None:
+        if self.process is None:
+            raise SandboxError("the sandbox already stopped")
+        try:
+            wire.send(self.process.stdin, message)
+        except (BrokenPipeError, OSError):
+            self._fail("the sandbox ended")
+
     def _receive(self, timeout: float):
-        deadline = time.monotonic() + timeout
+        deadline_at = time.monotonic() + timeout
         while True:
             if len(self._buffer) >= 8:
                 (size,) = struct.unpack(">Q", self._buffer[:8])
@@ -200,24 +331,60 @@ class Worker:
                         return wire.parse(body)
                     except wire.WireError as err:
                         self._fail(str(err))
-            left = deadline - time.monotonic()
+            left = deadline_at - time.monotonic()
             if left <= 0:
                 self._fail(f"timed out after {timeout:g} s (an infinite loop, or far too slow?)")
             if not self._selector.select(left):
                 continue
             chunk = os.read(self.process.stdout.fileno(), 1 << 20)
             if not chunk:
-                self.process.wait()
-                self._fail(
-                    f"the process ended (exit status {self.process.returncode}) — "
-                    "sys.exit, os._exit, a crash or a resource limit?"
-                )
+                self._fail("the process ended — sys.exit, os._exit, a crash or a resource limit?")
             self._buffer += chunk
 
     def _fail(self, why: str):
         self.last_stderr = self.stderr_tail()
         self.close()
         raise SandboxError(why)
+
+    def close(self) -> None:
+        """Kill everything in the sandbox and remove its folder (a later :meth:`worker` starts a new one)."""
+        if self.current is not None:
+            self.current.process = None
+            self.current = None
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # its namespace's first process: all of it dies
+            for group in self._strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
+            self._strays = []
+            for stream in (self.process.stdin, self.process.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            self._selector.close()
+            self.process = None
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def stderr_tail(self, limit: int = 1500) -> str:
+        try:
+            data = self.stderr_path.read_bytes()
+        except (OSError, AttributeError):
+            return ""
+        return data[-limit:].decode("utf-8", errors="replace")
+
+
+class Worker:
+    """One worker forked from a :class:`Sandbox`'s template: calls into the learner's ``course_lib``.
+
+    ``process`` is the sandbox's process while the worker lives, and ``None`` once it is gone.
+    """
+
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
+        self.process = sandbox.process
+        self.call_timeout = sandbox.call_timeout
+        self.root = sandbox.root
 
     def request(self, op: str, root, path: list[str], args=(), kwargs=None):
         """Send one call or attribute read; return the decoded value (handles become :class:`Remote`)."""
@@ -227,45 +394,54 @@ class Worker:
         if op == "call":
             message["args"] = wire.encode(list(args), _no_objects)
             message["kwargs"] = wire.encode(dict(kwargs or {}), _no_objects)
-        try:
-            wire.send(self.process.stdin, message)
-        except (BrokenPipeError, OSError):
-            self.process.wait()
-            self._fail(f"the process ended (exit status {self.process.returncode})")
-        reply = self._receive(self.call_timeout)
+        self.sandbox._send(message)
+        reply = self.sandbox._receive(self.call_timeout)
+        if type(reply) is dict and set(reply) == {"ended"}:  # the worker died; the template is intact
+            self.process = None
+            self.sandbox.current = None
+            raise SandboxError(
+                f"the process ended (exit status {reply['ended']}) — sys.exit, os._exit, a crash or a resource limit?"
+            )
         if type(reply) is not dict or type(reply.get("ok")) is not bool:
-            self._fail("sent a malformed reply")
+            self.sandbox._fail("sent a malformed reply")
         if not reply["ok"]:
             error = reply.get("error")
             types = error.get("types") if type(error) is dict else None
             message_text = error.get("message") if type(error) is dict else None
             if type(types) is not list or not all(type(t) is str for t in types) or type(message_text) is not str:
-                self._fail("sent a malformed error")
+                self.sandbox._fail("sent a malformed error")
             raise LearnerRaised(types, message_text)
         try:
             return wire.decode(
                 reply.get("value"), lambda handle_id, type_name, path: Remote(self, handle_id, path, type_name)
             )
         except (wire.WireError, ValueError, TypeError, RuntimeError) as err:
-            self._fail(f"sent a value that cannot be decoded ({err})")
+            self.sandbox._fail(f"sent a value that cannot be decoded ({err})")
 
-    def close(self):
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
-                stream.close()
-            self._selector.close()
-            self.process = None
-        shutil.rmtree(self.root, ignore_errors=True)
+    def close(self) -> None:
+        """End this worker; the template then kills whatever it left behind. Closing twice is harmless."""
+        if self.process is None:
+            return
+        self.process = None
+        sandbox, sandbox.current = self.sandbox, None
+        end = time.monotonic() + deadline("COURSE_GRADER_START_TIMEOUT", 60)
+        try:
+            sandbox._send({"op": "exit"})
+            while (left := end - time.monotonic()) > 0:  # replies the worker still had in flight come first
+                reply = sandbox._receive(left)
+                if type(reply) is dict and set(reply) == {"ended"}:
+                    return
+            sandbox.close()
+        except SandboxError:
+            pass  # the sandbox is closed already; the next worker starts a new one
 
     def stderr_tail(self, limit: int = 1500) -> str:
-        try:
-            data = self.stderr_path.read_bytes()
-        except OSError:
-            return ""
-        return data[-limit:].decode("utf-8", errors="replace")
+        return self.sandbox.stderr_tail(limit)
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _no_objects(obj):
@@ -301,19 +477,22 @@ class Remote:
 class SandboxBackend:
     """The harness's backend in the grader: the learner's modules in a sandboxed worker.
 
-    A fresh worker starts on first use and after a crash or a timeout; a worker that cannot even
+    Each exercise's checks get a fresh worker, forked on first use and again after a crash or a
+    timeout. ``sandbox`` is shared by the exercises of one submission (the judge's), or, given a
+    folder, a sandbox of this backend's own, stopped by :meth:`close`. A worker that cannot even
     start is the grading machine's failure (:class:`GradingError`), never the learner's.
     """
 
-    def __init__(self, package_dir: Path):
-        self.package_dir = package_dir
+    def __init__(self, sandbox: Sandbox | Path):
+        self.owned = not isinstance(sandbox, Sandbox)
+        self.sandbox = Sandbox(sandbox) if self.owned else sandbox
         self.worker: Worker | None = None
-        self.budget = float(_setting("COURSE_GRADER_CELL_TIMEOUT", 300))
+        self.budget = deadline("COURSE_GRADER_CELL_TIMEOUT", 300)
 
     def module(self, name: str):
-        if self.worker is None:
+        if self.worker is None or self.worker.process is None:
             try:
-                self.worker = Worker(self.package_dir)
+                self.worker = self.sandbox.worker()
             except (SandboxError, OSError) as err:
                 raise GradingError(f"the grader's sandbox could not start: {err}") from None
         return Remote(self.worker, f"course_lib.{name}", [])
@@ -329,10 +508,13 @@ class SandboxBackend:
         return [c.__name__ for c in type(error).__mro__], str(error)
 
     def recover(self, error: BaseException) -> None:
-        if isinstance(error, SandboxError):
-            self.close()  # the next check gets a fresh worker
+        if isinstance(error, SandboxError) and self.worker is not None:
+            self.worker.close()  # the next check gets a fresh worker
+            self.worker = None
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.owned:
+            self.sandbox.close()

@@ -91,13 +91,11 @@ try:
 except Exception:
     pass
 """
-    cheat = stub.replace(
-        'raise NotImplementedError("Exercise 1.2',
-        'return _ref.merge_pair(ids, pair, new_id)\n    raise NotImplementedError("Exercise 1.2',
-    )
+    cheat = _insert_at_top_of(stub, "merge_pair", "return _ref.merge_pair(ids, pair, new_id)")
     cheat = cheat.replace(
         "from .exercises import exercise\n", "from .exercises import exercise\n" + _cheat_by_reading_solutions()
     )
+    assert cheat.count("_ref.merge_pair") == 1 and "import solutions.tokenization" in cheat
     fake_eq = "class _Anything(list):\n    def __eq__(self, other):\n        return True\n    __hash__ = None\nreturn _Anything()"
     return {
         "alice": ({EXERCISE_FILE: stub}, 0, "untouched release"),

@@ -27,7 +27,7 @@ from conftest import REPO
 from course_lib import grading
 from grader import wire
 from grader.fill import fill_module
-from grader.sandbox import LearnerRaised, Remote, SandboxBackend, SandboxError, Worker
+from grader.sandbox import LearnerRaised, Remote, Sandbox, SandboxBackend, SandboxError, Worker
 
 # -- the wire format ---------------------------------------------------------------------------------
 
@@ -517,9 +517,10 @@ def worker(tmp_path_factory, secret_dir):
     with pytest.MonkeyPatch.context() as patch:
         _clean_env(patch)
         patch.setenv("COURSE_GRADER_HIDE", str(secret_dir))
-        started = Worker(package, call_timeout=10)
+        sandbox = Sandbox(package, call_timeout=10)
+        started = sandbox.worker()
     yield started
-    started.close()
+    sandbox.close()
 
 
 @pytest.fixture
@@ -529,9 +530,22 @@ def lib(worker):
 
 
 def _fresh(tmp_path, source=LEARNER, call_timeout=3) -> Worker:
+    """A worker in a sandbox of its own (``worker.sandbox``)."""
     with pytest.MonkeyPatch.context() as patch:
         _clean_env(patch)
-        return Worker(_package(tmp_path, source), call_timeout=call_timeout)
+        return Sandbox(_package(tmp_path, source), call_timeout=call_timeout).worker()
+
+
+def _gone(pid: int, seconds: float = 5) -> bool:
+    """Whether process ``pid`` has ended (and been reaped) within ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @needs_sandbox
@@ -622,7 +636,7 @@ def test_writes_only_in_its_own_folder(lib):
 def test_runs_as_nobody_in_its_own_folder(lib, worker):
     uid, euid, gid, cwd = lib.whoami()
     assert (uid, euid, gid) == (65534, 65534, 65534)
-    assert cwd == str(worker.root / "run")
+    assert Path(cwd).parent == worker.root / "run"
     found = lib.credentials()
     assert found["Uid"] == found["Gid"] == ["65534"] * 4 and found["groups"] == []
     for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
@@ -681,28 +695,72 @@ def test_side_effects_stay_in_the_worker(lib):
 
 
 @needs_sandbox
-def test_a_process_exit_is_a_sandbox_error_and_cleans_up(tmp_path):
+def test_a_process_exit_is_a_sandbox_error_and_the_next_worker_is_fresh(tmp_path):
     worker = _fresh(tmp_path)
-    root = worker.root
-    assert (root / "run").is_dir()
+    sandbox, pid = worker.sandbox, worker.process.pid
     with pytest.raises(SandboxError, match="ended"):
         Remote(worker, "course_lib.tokenization", []).die()
-    assert worker.process is None and not root.exists()
+    assert worker.process is None
     with pytest.raises(SandboxError):
         Remote(worker, "course_lib.tokenization", []).correct(1)
+    try:  # the template survives a worker's crash: the next worker comes from the same sandbox
+        assert Remote(sandbox.worker(), "course_lib.tokenization", []).correct(1) == [1, 2]
+        assert sandbox.process.pid == pid
+    finally:
+        sandbox.close()
+
+
+@needs_sandbox
+def test_each_worker_starts_clean(tmp_path):
+    """What one exercise's worker leaves — module state, files, processes in the background — the next never sees."""
+    source = LEARNER + textwrap.dedent(
+        """
+        import subprocess
+        import time
+
+        STATE = []
+
+        def remember(x):
+            STATE.append(x)
+            return len(STATE)
+
+        def daemon():
+            subprocess.Popen(["sh", "-c", "exec sleep 1000"], start_new_session=True)
+            time.sleep(0.2)
+            return len(processes())
+
+        def processes():
+            return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+        """
+    )
+    first = _fresh(tmp_path, source)
+    sandbox = first.sandbox
+    try:
+        lib = Remote(first, "course_lib.tokenization", [])
+        assert lib.remember(1) == 1 and lib.remember(2) == 2
+        assert lib.write("left-behind.txt", "x") == 1
+        assert lib.daemon() == 3  # the template (PID 1), this worker and its sleeping daemon
+        lib = Remote(sandbox.worker(), "course_lib.tokenization", [])
+        assert lib.remember(1) == 1
+        with pytest.raises(LearnerRaised) as info:
+            lib.read("left-behind.txt")
+        assert "FileNotFoundError" in info.value.types
+        found = lib.processes()
+        assert len(found) == 2 and found[0] == 1  # the template and this worker: the daemon was killed
+    finally:
+        sandbox.close()
 
 
 @needs_sandbox
 def test_an_infinite_loop_times_out(tmp_path):
     worker = _fresh(tmp_path, call_timeout=3)
-    pid = worker.process.pid
+    pid, root = worker.process.pid, worker.root
     start = time.monotonic()
     with pytest.raises(SandboxError, match="timed out"):
         Remote(worker, "course_lib.tokenization", []).spin()
     assert 2.9 <= time.monotonic() - start < 6
-    assert worker.process is None and not worker.root.exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    assert worker.process is None and worker.sandbox.process is None and not root.exists()
+    assert _gone(pid)
 
 
 @needs_sandbox
@@ -717,19 +775,21 @@ def test_a_huge_allocation_never_succeeds(tmp_path):
     else:
         pytest.fail("allocating 8 GiB succeeded in the sandbox")
     finally:
-        worker.close()
+        worker.sandbox.close()
 
 
 @needs_sandbox
-def test_close_removes_the_worker_folder(tmp_path):
+def test_close_removes_the_sandbox_folder(tmp_path):
     worker = _fresh(tmp_path)
+    sandbox = worker.sandbox
     root, pid = worker.root, worker.process.pid
     assert Remote(worker, "course_lib.tokenization", []).correct(2) == [2, 3]
     worker.close()
-    assert not root.exists() and worker.process is None
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-    worker.close()  # closing twice is harmless
+    assert worker.process is None and root.exists()  # a worker's end leaves the sandbox for the next
+    sandbox.close()
+    assert not root.exists() and sandbox.process is None
+    assert _gone(pid)
+    sandbox.close()  # closing twice is harmless
 
 
 @needs_sandbox
@@ -768,11 +828,12 @@ def test_course_dir_inside_the_repository_is_hidden_with_it(tmp_path, secret_dir
         _clean_env(patch)
         patch.setenv("COURSE_DIR", str(REPO / "tests"))
         patch.setenv("COURSE_GRADER_HIDE", f"{REPO / 'course_lib'}:{REPO / 'no-such-folder'}:{secret_dir}")
-        started = Worker(_package(tmp_path, LEARNER), call_timeout=10)
+        sandbox = Sandbox(_package(tmp_path, LEARNER), call_timeout=10)
+        started = sandbox.worker()
     try:
         lib = Remote(started, "course_lib.tokenization", [])
         assert lib.correct(1) == [1, 2]
         with pytest.raises(LearnerRaised):
             lib.read(str(REPO / "tests" / "conftest.py"))
     finally:
-        started.close()
+        sandbox.close()
