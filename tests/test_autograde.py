@@ -8,8 +8,8 @@ other submission graded; and a verdict must not depend on how busy the machine i
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
 import shutil
 import subprocess
 import sys
