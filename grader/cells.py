@@ -14,14 +14,14 @@ of the book.
 
 from __future__ import annotations
 
+from course_lib import exercises
+
 import argparse
 import re
 import sys
 from pathlib import Path
 
 import nbformat
-
-from course_lib import exercises
 
 COMMAND = "python -m grader.cells"
 VISIBLE = re.compile(r"""\brun_checks\(\s*["'](\d+\.\d+)["']\s*\)""")

@@ -10,6 +10,8 @@ directory. ``COURSE_GRADEBOOK_URL`` picks the gradebook (any SQLAlchemy URL; def
 
 from __future__ import annotations
 
+from course_lib import exercises, threads
+
 import argparse
 import ast
 import contextlib
@@ -28,7 +30,6 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib import exercises, threads
 from grader import nbgrader_hooks
 from grader.sandbox import deadline
 

@@ -16,6 +16,8 @@ references): whatever else a submission holds is ignored.
 
 from __future__ import annotations
 
+from course_lib import exercises, grading
+
 import contextlib
 import io
 import json
@@ -25,7 +27,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from course_lib import exercises, grading
 from grader.fill import fill_module
 from grader.sandbox import Sandbox, SandboxBackend
 

@@ -20,6 +20,9 @@ without them; do not grade untrusted work that way.
 
 from __future__ import annotations
 
+from course_lib import threads
+from course_lib.grading import GradingError
+
 import atexit
 import contextlib
 import json
@@ -36,8 +39,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_lib import threads
-from course_lib.grading import GradingError
 from grader import wire
 
 HERE = Path(__file__).resolve().parent

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from course_lib.tokenization import GPT4_SPLIT_PATTERN
+
 import heapq
 from collections import Counter
 
 import regex
-
-from course_lib.tokenization import GPT4_SPLIT_PATTERN
 
 
 def pretokenize(text, pattern=GPT4_SPLIT_PATTERN):

@@ -10,14 +10,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import course_lib  # noqa: E402 - before torch: it sets the threads and wait policy torch's pool starts with
-
-course_lib.threads.configure()  # done on import already; said here so that no import is sorted above it
+# course_lib before torch (the sort order keeps it first): importing it sets the threads and wait policy torch reads.
+from course_lib.checks import seeded_randn  # noqa: E402, F401 - the one seeded-tensor helper, for the tests
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from course_lib.checks import seeded_randn  # noqa: E402, F401 - the one seeded-tensor helper, for the tests
 
 
 @pytest.fixture

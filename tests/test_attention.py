@@ -7,6 +7,8 @@ The suite runs with COURSE_LIB_SOLUTIONS=1 (every test here sets it with the ``r
 
 from __future__ import annotations
 
+from course_lib import attention as at
+
 import math
 
 import matplotlib
@@ -15,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close as _close
 from conftest import seeded_randn as _randn
-
-from course_lib import attention as at
 
 matplotlib.use("Agg")
 

@@ -7,6 +7,8 @@ other submission graded; and a verdict must not depend on how busy the machine i
 
 from __future__ import annotations
 
+from course_lib import exercises, threads
+
 import csv
 import json
 import os
@@ -19,7 +21,6 @@ import nbformat
 import pytest
 from conftest import REPO, python_env
 
-from course_lib import exercises, threads
 from grader import course
 from grader.fill import fill_module
 

@@ -7,14 +7,14 @@ The suite runs with COURSE_LIB_SOLUTIONS=1 (every test here sets it with the ``r
 
 from __future__ import annotations
 
+from course_lib import block as bl
+
 import math
 
 import pytest
 import torch
 from conftest import assert_close as _close
 from conftest import seeded_randn as _randn
-
-from course_lib import block as bl
 
 F64 = torch.float64
 

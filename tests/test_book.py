@@ -84,3 +84,39 @@ def test_a_notebook_that_fails_to_execute_fails_the_build(tmp_path):
     nbformat.write(nb, book / "broken.ipynb")
     done = _build(book, tmp_path / "out")
     assert done.returncode != 0, done.stdout[-2000:]
+
+
+PROBE = """
+import os, sys
+
+seen = {}
+
+
+class Probe:  # notes the thread settings in force when torch is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.update(policy=os.environ.get("OMP_WAIT_POLICY"), threads=os.environ.get("OMP_NUM_THREADS"))
+
+
+sys.meta_path.insert(0, Probe())
+exec(compile(sys.stdin.read(), "<first code cell>", "exec"))
+import course_lib, torch  # a cell that imports no torch: torch comes after course_lib here
+print(seen.get("policy"), seen.get("threads"), torch.get_num_threads(), course_lib.threads.cores())
+"""
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "book").glob("ch[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_a_notebook_sets_the_threads_before_torch_starts(path):
+    """Opened in plain Jupyter (no Makefile, no settings in the environment), a chapter's first code cell
+    imports course_lib before torch, so torch's threads sleep when idle instead of spinning on a busy machine."""
+    import nbformat
+
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    code = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+    env = {k: v for k, v in python_env().items() if not k.startswith(("OMP_", "MKL_", "PYTEST_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], input=code, env=env, capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    policy, threads, torch_threads, cores = done.stdout.split()
+    assert (policy, threads, torch_threads) == ("PASSIVE", cores, cores)

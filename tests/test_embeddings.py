@@ -6,13 +6,6 @@ The suite runs with COURSE_LIB_SOLUTIONS=1 (every test here sets it with the ``r
 
 from __future__ import annotations
 
-import math
-
-import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from course_lib import embeddings as E
 from course_lib.embeddings import (
     InputEmbedding,
@@ -21,6 +14,13 @@ from course_lib.embeddings import (
     rotation_by_offset,
     sinusoidal_positions,
 )
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,9 @@ The suite runs with COURSE_LIB_SOLUTIONS=1; tests of the learner's starting stat
 
 from __future__ import annotations
 
+from course_lib import exercises
+from course_lib.grading import ExerciseFailed, run_checks
+
 import ast
 import operator
 import re
@@ -18,8 +21,6 @@ import nbformat
 import pytest
 from conftest import REPO, python_env
 
-from course_lib import exercises
-from course_lib.grading import ExerciseFailed, run_checks
 from grader import cells
 from grader.fill import fill_module
 from hidden import hidden_tests, run_hidden
@@ -387,9 +388,9 @@ def test_every_exercise_has_hidden_tests_the_reference_passes_and_the_stub_fails
 
 
 def test_device(monkeypatch):
-    import torch
-
     import course_lib
+
+    import torch
 
     monkeypatch.delenv("COURSE_LIB_DEVICE", raising=False)
     found = course_lib.device()
@@ -404,12 +405,12 @@ def test_device(monkeypatch):
 
 
 def test_seed_everything_makes_runs_reproducible():
+    import course_lib
+
     import random
 
     import numpy
     import torch
-
-    import course_lib
 
     def draw():
         return torch.rand(8), random.random(), numpy.random.rand(3)

@@ -5,13 +5,13 @@ models and the published GPT-2 sizes, weight tying, initialisation, causality an
 
 from __future__ import annotations
 
+from course_lib import gpt
+
 import json
 import math
 
 import pytest
 import torch
-
-from course_lib import gpt
 
 F64 = torch.float64
 SMALL = dict(vocab_size=37, context_length=12, d_model=16, n_layers=2, n_heads=4)

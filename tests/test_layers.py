@@ -7,13 +7,13 @@ The suite runs with COURSE_LIB_SOLUTIONS=1 (every test here sets it with the ``r
 
 from __future__ import annotations
 
+from course_lib import layers as ly
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close as _close
 from conftest import seeded_randn as _randn
-
-from course_lib import layers as ly
 
 F64 = torch.float64
 

@@ -8,6 +8,8 @@ run, and never another student's grades.
 
 from __future__ import annotations
 
+from course_lib import exercises
+
 import ast
 import csv
 import os
@@ -21,7 +23,6 @@ import nbformat
 import pytest
 from conftest import REPO, python_env
 
-from course_lib import exercises
 from grader.fill import fill_module
 
 pytestmark = pytest.mark.slow
@@ -96,7 +97,10 @@ except Exception:
         "from .exercises import exercise\n", "from .exercises import exercise\n" + _cheat_by_reading_solutions()
     )
     assert cheat.count("_ref.merge_pair") == 1 and "import solutions.tokenization" in cheat
-    fake_eq = "class _Anything(list):\n    def __eq__(self, other):\n        return True\n    __hash__ = None\nreturn _Anything()"
+    fake_eq = (
+        "class _Anything(list):\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+        "return _Anything()"
+    )
     return {
         "alice": ({EXERCISE_FILE: stub}, 0, "untouched release"),
         "bob": ({EXERCISE_FILE: solved}, TOTAL, "reference code filled in"),

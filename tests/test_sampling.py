@@ -4,10 +4,10 @@ top-p), greedy and seeded generation, context cropping, the model's mode, and va
 
 from __future__ import annotations
 
+from course_lib import gpt, sampling
+
 import pytest
 import torch
-
-from course_lib import gpt, sampling
 
 F64 = torch.float64
 

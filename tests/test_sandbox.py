@@ -6,6 +6,8 @@ The worker tests need root and ``unshare`` (util-linux), as the grader does; els
 
 from __future__ import annotations
 
+from course_lib import grading
+
 import base64
 import collections
 import io
@@ -24,7 +26,6 @@ import pytest
 import torch
 from conftest import REPO
 
-from course_lib import grading
 from grader import wire
 from grader.fill import fill_module
 from grader.sandbox import LearnerRaised, Remote, Sandbox, SandboxBackend, SandboxError, Worker
@@ -72,7 +73,10 @@ def _same(actual, expected, where="value"):
         assert actual.dtype == expected.dtype and actual.shape == expected.shape, where
         assert actual.requires_grad == expected.requires_grad, where
         assert actual.device.type == "cpu"
-        bits = lambda t: t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)  # noqa: E731
+
+        def bits(t):
+            return t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
+
         assert torch.equal(bits(actual), bits(expected)), f"{where}: {actual} != {expected}"
     else:
         assert actual == expected, where
@@ -380,7 +384,9 @@ def correct(n):
 
 
 def plain():
-    return {"list": [1, 2.5, None], "tuple": (True, b"\\x00\\xff"), "set": {1, 2}, (1, 2): frozenset({"a"}), "big": 2**100}
+    return {
+        "list": [1, 2.5, None], "tuple": (True, b"\\x00\\xff"), "set": {1, 2}, (1, 2): frozenset({"a"}), "big": 2**100
+    }
 
 
 def liar():
@@ -712,7 +718,7 @@ def test_a_process_exit_is_a_sandbox_error_and_the_next_worker_is_fresh(tmp_path
 
 @needs_sandbox
 def test_each_worker_starts_clean(tmp_path):
-    """What one exercise's worker leaves — module state, files, processes in the background — the next never sees."""
+    """What one exercise's worker leaves (module state, files, processes in the background) the next never sees."""
     source = LEARNER + textwrap.dedent(
         """
         import subprocess

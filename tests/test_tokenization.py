@@ -6,15 +6,6 @@ The suite runs with COURSE_LIB_SOLUTIONS=1 (every test here sets it with the ``r
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-
-import pytest
-import regex
-import tiktoken
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from course_lib import data
 from course_lib.tokenization import (
     GPT2_SPLIT_PATTERN,
@@ -29,6 +20,15 @@ from course_lib.tokenization import (
     render_token,
     train_bpe,
 )
+
+import random
+from collections import Counter
+
+import pytest
+import regex
+import tiktoken
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # Deterministic, and no example database written next to the repository.
 FAST = dict(
@@ -75,20 +75,28 @@ CORPUS = {
         "const add = (a, b) => {\n  return a + b;\n};\n\nfunction main() {\n    if (x === null || y !== undefined) {\n"
         "        console.log(`x=${x}`);\n    }\n}\n// done\r\n"
     ),
-    "numbers": "1234567890 3.14159 1e-9 -42 +7 0x1F 2024-01-15 15/01/2024 12:30:59 $1,234.56 10% 1_000_000 ١٢٣ ½ ⅔ 9999999999999",
+    "numbers": (
+        "1234567890 3.14159 1e-9 -42 +7 0x1F 2024-01-15 15/01/2024 12:30:59 $1,234.56 10% 1_000_000 ١٢٣ ½ ⅔ "
+        "9999999999999"
+    ),
     "whitespace": "a  b   c\t\td\r\ne \n\n\nf   \n  \t \n  x\u00a0y\u2003z\u3000w   ",
     "newlines_only": "\n\n\n",
     "spaces_only": "     ",
     "leading": "   leading spaces and a trailing tab\t",
     "crlf": "line one\r\nline two\r\n\r\n\r\nend\r",
-    "emoji": "👋🏽 👨‍👩‍👧‍👦 🏳️‍🌈 👍🏿👍 ❤️ 🇫🇷🇯🇵 😀😃😄 🧑🏾‍💻",
+    "emoji": ("👋🏽 👨‍👩‍👧‍👦 🏳️‍🌈 👍🏿👍 ❤️ 🇫🇷🇯🇵 😀😃😄 🧑🏾‍💻"),
     "scripts": (
-        "中文分词很难。日本語のテキスト、カタカナとひらがな。한국어 텍스트입니다. العربية نص جميل. "
-        "हिन्दी पाठ है। Русский текст, ЗАГЛАВНЫЕ. Ελληνικά κείμενο. עברית טקסט. ภาษาไทยไม่มีช่องว่าง"
+        "中文分词很难。日本語のテキスト、"
+        "カタカナとひらがな。한국어 텍스트입니다. "
+        "العربية نص جميل. "
+        "हिन्दी पाठ है। Русский текст, ЗАГЛАВНЫЕ. "
+        "Ελληνικά κείμενο. עברית טקסט. ภาษาไทยไม่มีช่องว่าง"
     ),
-    "combining": "e\u0301 a\u0308 n\u0303 Z\u0351\u0360\u036b\u0343 cafe\u0301 ﬁ ﬀ \u212b \u00c5 \u0915\u094d\u0937",
+    "combining": ("e\u0301 a\u0308 n\u0303 Z\u0351\u0360\u036b\u0343 cafe\u0301 ﬁ ﬀ \u212b \u00c5 \u0915\u094d\u0937"),
     "contractions": "I'M here, we'Ve seen, THEY'LL go, she's, It'S, don't, DON'T, y'all, 'tis, rock'n'roll '' 'S",
-    "punctuation": "naïve café — “quotes” ‘single’ … ©®™ «guillemets» ¿qué? ¡sí! !!!??? ... --- /// \\\\ @@ ## {{ }} <<>> ||",
+    "punctuation": (
+        "naïve café — “quotes” ‘single’ … ©®™ «guillemets» ¿qué? ¡sí! !!!??? ... --- /// \\\\ @@ ## {{ }} <<>> ||"
+    ),
     "specials_as_text": "a <|endoftext|> b <|fim_prefix|>c<|fim_middle|><|fim_suffix|> d <|endofprompt|> <|unknown|>",
 }
 SPECIAL_TEXT = (

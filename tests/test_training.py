@@ -4,13 +4,13 @@ training step against a manual one, the optimizer's groups, batching, evaluation
 
 from __future__ import annotations
 
+from course_lib import data, gpt, training
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from course_lib import data, gpt, training
 
 F64 = torch.float64
 TINY = dict(vocab_size=19, context_length=8, d_model=16, n_layers=1, n_heads=2)

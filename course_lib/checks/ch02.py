@@ -1,11 +1,11 @@
 """Visible checks of Chapter 2 — embeddings."""
 
+from course_lib.grading import visible_check
+
 import math
 
 import torch
 import torch.nn.functional as F
-
-from course_lib.grading import visible_check
 
 
 def _formula(seq_len, d_model, base=10000.0):

@@ -5,12 +5,12 @@ Expected values come from PyTorch's own operations (``torch.nn.functional.scaled
 the tolerances are tight.
 """
 
+from course_lib.grading import visible_check
+
 import math
 
 import torch
 import torch.nn.functional as F
-
-from course_lib.grading import visible_check
 
 F64 = torch.float64
 

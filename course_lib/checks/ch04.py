@@ -6,11 +6,11 @@ Expected values come from PyTorch's own operations (``torch.nn.functional.layer_
 so the tolerances are tight.
 """
 
-import torch
-import torch.nn.functional as F
-
 from course_lib.checks import learner_model
 from course_lib.grading import visible_check
+
+import torch
+import torch.nn.functional as F
 
 F64 = torch.float64
 

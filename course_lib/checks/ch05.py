@@ -6,13 +6,13 @@ written as plain functions (``torch.nn.functional.layer_norm``, ``linear``, ``ge
 ``torch.optim.AdamW`` and ``torch.multinomial``. Most checks run in float64.
 """
 
+from course_lib.checks import learner_model
+from course_lib.grading import visible_check
+
 import math
 
 import torch
 import torch.nn.functional as F
-
-from course_lib.checks import learner_model
-from course_lib.grading import visible_check
 
 F64 = torch.float64
 

@@ -1,7 +1,7 @@
 """How long ``make autograde`` takes for a class: a benchmark, not a test.
 
-    PYTHONPATH=. .venv/bin/python -m grader.bench                  # 4 learners x every chapter
-    PYTHONPATH=. .venv/bin/python -m grader.bench --learners 2 --jobs 1
+    PYTHONPATH=. .venv/bin/python -m bench.autograde                  # 4 learners x every chapter
+    PYTHONPATH=. .venv/bin/python -m bench.autograde --learners 2 --jobs 1
 
 It releases every chapter into a temporary ``COURSE_DIR``, hands in one solved submission per
 learner and chapter (the references filled into the stubs), then times one whole
@@ -11,6 +11,8 @@ and the notes quote (target: at most 3 s per submission on a 2-core machine).
 """
 
 from __future__ import annotations
+
+from course_lib import exercises
 
 import argparse
 import csv
@@ -22,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_lib import exercises
 from grader.fill import fill_module
 
 REPO = Path(__file__).resolve().parent.parent
