@@ -8,11 +8,11 @@ grader's judge runs that cell against the learner's code in the sandbox.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-
 from course_lib import exercises
 from course_lib.grading import run_checks
+
+import importlib
+from collections.abc import Callable
 
 _TESTS: dict[str, list[Callable]] = {}
 
