@@ -2,6 +2,7 @@
 
     python -m grader.cells book/ch03_attention.ipynb [...]          # rewrite the cells' metadata
     python -m grader.cells --check book/ch03_attention.ipynb [...]  # exit 1 if a notebook disagrees
+    python -m grader.cells --outputs book/ch03_attention.ipynb [...]  # and rerun their checks for the outputs
 
 An exercise's id, title and points live in its ``@exercise`` decorator. In the notebook, the
 author writes two code cells after the exercise: one calling ``run_checks("N.M")`` (the visible
@@ -9,7 +10,9 @@ checks) and one calling ``run_hidden("N.M")`` (the hidden tests in ``hidden/chNN
 command gives both cells their canonical source and nbgrader metadata: grade ids
 ``exN_M_visible`` / ``exN_M_hidden``, locked, 1 point for the visible checks and the rest of the
 exercise's points for the hidden tests, and the ``remove-cell`` tag that keeps the hidden cell out
-of the book.
+of the book. With ``--outputs`` it also runs each graded cell's checks on the references, in this
+process, and stores what they print as the cell's output (what nbval compares): after you add or
+rename a check, that is the whole update of the notebook.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 from course_lib import exercises
 
 import argparse
+import contextlib
+import io
+import os
 import re
 import sys
 from pathlib import Path
@@ -111,16 +117,44 @@ def derive(nb, chapter: int) -> list[str]:
     return problems
 
 
+def refresh_outputs(nb) -> list[str]:
+    """Run each graded cell's checks on the references and store what they print; return the failures."""
+    from course_lib.grading import ExerciseFailed, run_checks
+
+    from hidden import run_hidden
+
+    os.environ[exercises.SOLUTIONS_ENV] = "1"
+    problems = []
+    for cell in nb.cells:
+        for pattern, run in ((VISIBLE, run_checks), (HIDDEN, run_hidden)):
+            found = pattern.search(cell.source) if cell.cell_type == "code" else None
+            if not found:
+                continue
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                try:
+                    run(found.group(1))
+                except ExerciseFailed as err:
+                    problems.append(f"the references fail: {err}")
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook disagrees")
+    parser.add_argument("--outputs", action="store_true", help="also rerun the graded cells for their outputs")
     args = parser.parse_args(argv)
+    if args.check and args.outputs:
+        parser.error("--check changes nothing: it cannot rewrite outputs")
     status = 0
     for path in args.notebooks:
         before = path.read_text(encoding="utf-8")
         nb = nbformat.reads(before, as_version=4)
         problems = derive(nb, chapter_of(path))
+        if args.outputs and not problems:
+            problems = refresh_outputs(nb)
         after = nbformat.writes(nb) + "\n"
         for problem in problems:
             print(f"{path}: {problem}", file=sys.stderr)

@@ -168,7 +168,7 @@ def prepare_submissions(root: Path) -> None:
 
 
 SANDBOX_FIX = (
-    "Fix: run the grader as root or with unprivileged user namespaces and util-linux's unshare and setpriv, "
+    "Fix: run the grader on Linux as root (or with unprivileged user namespaces) with util-linux's mount, "
     "with the Python environment readable by others (see 'How grading resists gaming' in the README)."
 )
 
@@ -229,7 +229,7 @@ class JudgeServer:
                 stream.close()
 
 
-def test_cells(notebook: Path) -> list[str]:
+def graded_cells(notebook: Path) -> list[str]:
     """The sources of a source notebook's test cells (visible checks and hidden tests), in order."""
     nb = nbformat.read(notebook, as_version=4)
     return [cell.source for cell in nb.cells if nbgrader_hooks.is_test_cell(cell)]
@@ -245,7 +245,7 @@ def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
     """
     tasks: queue.Queue = queue.Queue()
     for assignment in assignments:
-        sources = test_cells(next((root / "source" / assignment).glob("*.ipynb")))
+        sources = graded_cells(next((root / "source" / assignment).glob("*.ipynb")))
         for folder in sorted((root / "submitted").glob(f"*/{assignment}")):
             tasks.put((assignment, folder, sources))
     count = tasks.qsize()
@@ -303,7 +303,7 @@ def preflight() -> None:
     """Prove the sandbox works before grading anything: the references must pass a check inside it.
 
     Without this, a grading machine whose sandbox cannot run (an interpreter the sandbox's user
-    cannot read, no ``unshare``) would score every submission 0 and blame the learners.
+    cannot read, no namespaces) would score every submission 0 and blame the learners.
     ``make autograde`` gets the same proof from each of its judges (:func:`judge_all`).
     """
     done = subprocess.run(

@@ -1,7 +1,7 @@
 """The instructor's side of grading: the wire format between grader and worker, and the sandboxed
 worker that runs a learner's code (a copy of ``course_lib`` with a crafted exercise module).
 
-The worker tests need root and ``unshare`` (util-linux), as the grader does; elsewhere they skip.
+The worker tests need root and util-linux's ``mount``, as the grader does; elsewhere they skip.
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def test_send_and_receive():
 # -- the sandboxed worker -----------------------------------------------------------------------------
 
 needs_sandbox = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None, reason="the sandbox needs root and unshare (util-linux)"
+    os.geteuid() != 0 or shutil.which("mount") is None, reason="the sandbox needs root and mount (util-linux)"
 )
 
 LEARNER = """
