@@ -44,6 +44,8 @@ def encode(value, keep, depth=0):
     if depth > MAX_DEPTH:
         raise WireError(f"value nested deeper than {MAX_DEPTH} levels")
     kind = type(value)
+    if kind is str and any("\ud800" <= c <= "\udfff" for c in value):  # JSON would join a surrogate pair
+        return {"t": "str", "v": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")}
     if value is None or kind is bool or kind is int or kind is str:
         return value
     if kind is float:
@@ -83,6 +85,11 @@ def decode(obj, handle, depth=0):
         return float(obj["v"])
     if tag == "bytes" and type(obj.get("v")) is str:
         return base64.b64decode(obj["v"], validate=True)
+    if tag == "str" and type(obj.get("v")) is str:
+        try:
+            return base64.b64decode(obj["v"], validate=True).decode("utf-8", "surrogatepass")
+        except ValueError as err:  # not base64, or not UTF-8
+            raise WireError(f"malformed string: {type(err).__name__}") from None
     if tag in ("list", "tuple", "set", "frozenset") and type(obj.get("v")) is list:
         items = [decode(v, handle, depth + 1) for v in obj["v"]]
         return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)

@@ -5,10 +5,11 @@ Each test is a check ``test(t)`` of a :class:`course_lib.grading.Tester`, regist
 They may compute expected values with ``t.reference(module)``.
 """
 
-import random
-
 from course_lib.data import load_shakespeare
 from course_lib.tokenization import cl100k_base
+
+import random
+
 from hidden import hidden_test
 
 # -- 1.1 pretokenize ----------------------------------------------------------------------------------
@@ -61,6 +62,26 @@ def gpt2_pattern(t):
         t.equal(lib.pretokenize(text, gpt2), ref.pretokenize(text, gpt2), "GPT-2 pattern")
 
 
+@hidden_test("1.1")
+def other_character_classes_and_patterns(t):
+    """combining marks, joined emoji, other digits, rare whitespace; GPT-2's cased contractions; sparse patterns"""
+    lib, ref = t.learner("tokenization"), t.reference("tokenization")
+    for text in [
+        "cafe\u0301 nai\u0308ve Ame\u0301lie",  # letters followed by combining marks (not normalised)
+        "नमस्ते दुनिया",  # Devanagari: its vowel signs are marks
+        "👨\u200d👩\u200d👧 🏳\ufe0f\u200d🌈 👍🏿!",  # zero-width joiners, a variation selector, a skin tone
+        "٣٤٥٦ ١٢ ½ ²³ ①②③④ 四",  # digits of other scripts and other numbers
+        "a\u2028b\u3000c\x0bd\x0ce\x85f \u200b g\x00h",  # line separator, ideographic space, VT, FF, NEL, ZWSP, NUL
+        "ﬁne ＦＵＬＬ１２３４ Å",  # a ligature, full-width forms and an angstrom sign stay as they are
+    ]:
+        t.equal(lib.pretokenize(text), ref.pretokenize(text), "character class")
+    gpt2 = ref.GPT2_SPLIT_PATTERN
+    for text in ["IT'S THEY'LL WE'VE I'D", "Don'T it'S"]:
+        t.equal(lib.pretokenize(text, gpt2), ref.pretokenize(text, gpt2), "GPT-2 contractions")
+    for pattern in [r"\p{L}+", r"\p{N}{2}", r"[aeiou]|!"]:  # patterns that leave text out: only the matches
+        t.equal(lib.pretokenize("Hi, 2024 you! Oui", pattern), ref.pretokenize("Hi, 2024 you! Oui", pattern), pattern)
+
+
 # -- 1.2 merge_pair -----------------------------------------------------------------------------------
 
 
@@ -96,6 +117,18 @@ def tuples_ends_and_large_ids(t):
     ]
     for ids, pair, new_id in cases:
         t.equal(lib.merge_pair(ids, pair, new_id), ref.merge_pair(ids, pair, new_id), f"case {ids}")
+
+
+@hidden_test("1.2")
+def leaves_ids_alone(t):
+    """ids is left unchanged and the result is a new list, with and without occurrences"""
+    lib = t.learner("tokenization")
+    for ids, pair in [([1, 2, 3, 1, 2], (1, 2)), ([4, 5, 6], (7, 8)), ([9], (9, 9)), ([], (1, 2))]:
+        before = list(ids)
+        out = lib.merge_pair(ids, pair, 99)
+        t.equal(ids, before, "ids after the call")
+        out.append(-1)  # a result that is ids itself would change ids too (in-process: the sandbox gets a copy)
+        t.equal(ids, before, "ids after changing the result")
 
 
 # -- 1.3 train_bpe ------------------------------------------------------------------------------------
@@ -290,6 +323,66 @@ def trained_tokenizer_overlapping_specials(t):
         )
 
 
+@hidden_test("1.5")
+def special_tokens_as_lists_and_tuples(t):
+    """allowed_special and disallowed_special given as lists, tuples and frozensets, on cl100k_base"""
+    lib = t.learner("tokenization")
+    tok, enc = lib.BPETokenizer.from_tiktoken(lib.cl100k_base()), cl100k_base()
+    text = "<|fim_prefix|>a<|endoftext|>b<|fim_middle|>c<|endofprompt|>"
+    for allowed, disallowed in [
+        (["<|endoftext|>"], []),
+        (("<|fim_prefix|>", "<|fim_middle|>"), ()),
+        (frozenset({"<|endoftext|>", "<|endofprompt|>"}), ()),
+        ([], ("<|fim_suffix|>",)),
+        (["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>"], ["<|fim_suffix|>"]),
+        (["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|endofprompt|>"], "all"),
+    ]:
+        expected_disallowed = disallowed if disallowed == "all" else set(disallowed)
+        t.equal(
+            tok.encode(text, allowed_special=allowed, disallowed_special=disallowed),
+            enc.encode(text, allowed_special=set(allowed), disallowed_special=expected_disallowed),
+            f"allowed={allowed!r}, disallowed={disallowed!r}",
+        )
+    t.raises(ValueError, tok.encode, text, allowed_special=["<|endoftext|>"])
+    t.raises(ValueError, tok.encode, text, allowed_special=("<|endoftext|>",), disallowed_special=["<|fim_prefix|>"])
+
+
+@hidden_test("1.5")
+def an_explicit_disallowed_collection(t):
+    """a disallowed collection other than 'all' raises for its tokens, names them, and leaves the others as text"""
+    lib = t.learner("tokenization")
+    tok, enc = lib.BPETokenizer.from_tiktoken(lib.cl100k_base()), cl100k_base()
+    for disallowed in ({"<|endofprompt|>"}, ["<|fim_suffix|>", "<|endofprompt|>"]):
+        message = t.raises(ValueError, tok.encode, "fine until <|endofprompt|> here", disallowed_special=disallowed)
+        t.true("<|endofprompt|>" in message, "the message should name the disallowed special token")
+    message = t.raises(ValueError, tok.encode, "x<|fim_middle|>y")
+    t.true("<|fim_middle|>" in message, "the message should name the disallowed special token")
+    text = "<|endoftext|> and <|fim_prefix|> stay text"
+    t.equal(
+        tok.encode(text, disallowed_special={"<|endofprompt|>"}),
+        enc.encode(text, disallowed_special={"<|endofprompt|>"}),
+        "special tokens neither allowed nor disallowed",
+    )
+    t.raises(ValueError, tok.encode, "x", disallowed_special={"<|not_a_token|>"})
+
+
+@hidden_test("1.5")
+def other_character_classes_cl100k(t):
+    """combining marks, joined emoji, other digits, rare whitespace and control characters, on cl100k_base"""
+    lib = t.learner("tokenization")
+    tok, enc = lib.BPETokenizer.from_tiktoken(lib.cl100k_base()), cl100k_base()
+    for text in [
+        "cafe\u0301 nai\u0308ve Ame\u0301lie",
+        "नमस्ते दुनिया",
+        "👨\u200d👩\u200d👧 🏳\ufe0f\u200d🌈 👍🏿!",
+        "٣٤٥٦ ١٢ ½ ²³ ①②③④",
+        "a\u2028b\u3000c\x0bd\x0ce\x85f \u200b g\x00h\x7f",
+        "ﬁne ＦＵＬＬ１２３４ Å",
+        "\ud83d\ude00 and a lone \udfff at the end \ud800",  # a pair becomes one character (the wire already joins it)
+    ]:
+        t.equal(tok.encode(text), enc.encode(text), "character class")
+
+
 # -- 1.6 BPETokenizer.decode --------------------------------------------------------------------------
 
 
@@ -339,3 +432,16 @@ def rejects_unknown_ids(t):
     t.raises(ValueError, tok.decode, [1, 2, 10**6])
     t.raises(ValueError, tok.decode, [-1])
     t.equal(tok.decode([]), "")
+
+
+@hidden_test("1.6")
+def tuples_and_other_character_classes(t):
+    """a tuple of ids, text with combining marks, joined emoji and rare whitespace; the error names the id"""
+    lib = t.learner("tokenization")
+    tok, enc = lib.BPETokenizer.from_tiktoken(lib.cl100k_base()), cl100k_base()
+    text = "cafe\u0301 👨\u200d👩\u200d👧 ٣٤٥ ＦＵＬＬ a\u2028b\u3000c\x0b\x00 <|endoftext|>"
+    ids = enc.encode(text, allowed_special="all")
+    t.equal(tok.decode(tuple(ids)), text, "a tuple of ids")
+    t.equal(tok.decode(ids), text, "a list of ids")
+    message = t.raises(ValueError, tok.decode, (31373, 100256, 995))
+    t.true("100256" in message, "the message should name the id that is not in the vocabulary")

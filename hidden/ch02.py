@@ -5,6 +5,8 @@ Each test is a check ``test(t)`` of a :class:`course_lib.grading.Tester`, regist
 They may compute expected values with ``t.reference(module)``.
 """
 
+from course_lib.checks import seeded_randn
+
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +65,20 @@ def keeps_the_graph(t):
     t.true(out.requires_grad, "the output must require grad: do not detach it or read weight.data")
 
 
+@hidden_test("2.1")
+def small_integer_dtypes(t):
+    """uint8, int8 and int16 ids are looked up as ids (a uint8 index is not a mask), and checked"""
+    lib = t.learner("embeddings")
+    weight = seeded_randn(212, 3, 4)
+    emb = lib.TokenEmbedding(3, 4).double()
+    emb.load_state_dict({"weight": weight})
+    for dtype in (torch.uint8, torch.int8, torch.int16):
+        for ids in (torch.tensor([2, 0, 2], dtype=dtype), torch.tensor([[1, 1, 1], [0, 2, 1]], dtype=dtype)):
+            t.equal(emb(ids), F.embedding(ids.long(), weight), f"{dtype} ids of shape {tuple(ids.shape)}")
+    message = t.raises(ValueError, emb, torch.tensor([1, 200], dtype=torch.uint8))
+    t.true("200" in message, "the message should name the offending id")
+
+
 # -- 2.2 sinusoidal_positions -------------------------------------------------------------------------
 
 
@@ -108,6 +124,25 @@ def refuses_bad_sizes(t):
     t.raises(ValueError, lib.sinusoidal_positions, 4, 3)
     t.raises(ValueError, lib.sinusoidal_positions, 4, 0)
     t.raises(ValueError, lib.sinusoidal_positions, -1, 8)
+
+
+@hidden_test("2.2")
+def far_positions_keep_their_digits(t):
+    """positions up to 50,000 are as exact as float32 allows (angles computed in float64)"""
+    lib = t.learner("embeddings")
+    table = lib.sinusoidal_positions(50_000, 8)
+    pos = torch.arange(50_000, dtype=torch.float64)[:, None]
+    angles = pos / 10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    expected = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(50_000, 8).float()
+    t.close(table, expected, atol=1e-6, rtol=0)
+
+
+@hidden_test("2.2")
+def refuses_a_width_that_is_not_an_int(t):
+    """a float or negative d_model raises ValueError"""
+    lib = t.learner("embeddings")
+    t.raises(ValueError, lib.sinusoidal_positions, 4, 8.0)
+    t.raises(ValueError, lib.sinusoidal_positions, 4, -4)
 
 
 # -- 2.3 InputEmbedding.forward -----------------------------------------------------------------------
@@ -177,3 +212,17 @@ def refuses_bad_shapes(t):
     t.true("13" in message and "12" in message, "the message should give the sequence length and the context length")
     t.raises(ValueError, emb, torch.tensor([1, 2, 3]))
     t.raises(ValueError, emb, torch.zeros(1, 2, 3, dtype=torch.int64))
+
+
+@hidden_test("2.3")
+def int32_ids(t):
+    """int32 ids give the same embedding as int64 ids"""
+    lib = t.learner("embeddings")
+    weights = _weights(234, 40, 8, 6, torch.float64)
+    emb = lib.InputEmbedding(40, 8, 6).double()
+    emb.load_state_dict(weights)
+    emb.eval()
+    ids = torch.tensor([[3, 39, 0, 7], [1, 1, 2, 3]])
+    clean = weights["token.weight"][ids] + weights["position.weight"][:4]
+    for dtype in (torch.int64, torch.int32):
+        t.close(emb(ids.to(dtype)), clean, atol=1e-12, rtol=0, what=f"{dtype} ids")

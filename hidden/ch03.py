@@ -5,10 +5,11 @@ Each test is a check ``test(t)`` of a :class:`course_lib.grading.Tester`, regist
 They may compute expected values with ``t.reference(module)``.
 """
 
+from course_lib.checks import learner_model, seeded_randn
+
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks import learner_model, seeded_randn
 from hidden import hidden_test
 
 # -- 3.1 scaled_dot_product_attention -----------------------------------------------------------------
@@ -114,6 +115,19 @@ def rejects_bad_inputs(t):
         t.raises(ValueError, lib.scaled_dot_product_attention, q, k, v, mask=mask)
 
 
+@hidden_test("3.1")
+def messages_say_what_was_expected_and_what_came(t):
+    """the ValueErrors name the two d_k, the two seq_k, and the bool dtype expected against the one given"""
+    lib = t.learner("attention")
+    q, k, v = seeded_randn(810, 2, 3, 7), seeded_randn(811, 2, 5, 7), seeded_randn(812, 2, 5, 4)
+    message = t.raises(ValueError, lib.scaled_dot_product_attention, q, seeded_randn(813, 2, 5, 11), v)
+    t.true("7" in message and "11" in message, "the message should give both d_k (7 and 11)")
+    message = t.raises(ValueError, lib.scaled_dot_product_attention, q, k, seeded_randn(814, 2, 13, 4))
+    t.true("5" in message and "13" in message, "the message should give both seq_k (5 and 13)")
+    message = t.raises(ValueError, lib.scaled_dot_product_attention, q, k, v, mask=torch.ones(3, 5)).lower()
+    t.true("bool" in message and "float" in message, "the message should say a bool mask was expected and a float came")
+
+
 # -- 3.2 causal_mask ----------------------------------------------------------------------------------
 
 
@@ -212,6 +226,21 @@ def dropout_only_in_training(t):
     t.close(weights[kept], (2 * plain)[kept], what="kept weights in training mode")
     mine.eval()
     t.close(mine(x), y, atol=1e-6, rtol=1e-6, what="back in evaluation mode")
+
+
+@hidden_test("3.3")
+def dropout_on_the_weights_only(t):
+    """in training mode the output is out_proj of the dropped weights times the values: no other dropout"""
+    mine, expected = _pair(t, 935, 16, 2, dropout=0.5)
+    mine.train()
+    x = seeded_randn(936, 3, 10, 16)
+    y = mine(x)
+    weights = t.value(mine.last_weights)
+    t.true(bool((weights == 0).any()), "in training mode dropout should zero some attention weights")
+    with torch.no_grad():
+        v = expected.v_proj(x).view(3, 10, 2, 8).transpose(1, 2)
+        merged = (weights @ v).transpose(1, 2).reshape(3, 10, 16)
+        t.close(y, expected.out_proj(merged), atol=1e-9, rtol=1e-9, what="output from the dropped weights")
 
 
 @hidden_test("3.3")

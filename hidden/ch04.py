@@ -5,10 +5,11 @@ Each test is a check ``test(t)`` of a :class:`course_lib.grading.Tester`, regist
 They may compute expected values with ``t.reference(module)``.
 """
 
+from course_lib.checks import learner_model, seeded_randn
+
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks import learner_model, seeded_randn
 from hidden import hidden_test
 
 # -- 4.1 LayerNorm.forward ----------------------------------------------------------------------------
@@ -85,6 +86,16 @@ def rejects_bad_inputs(t):
         t.raises(ValueError, ln, bad)
 
 
+@hidden_test("4.1")
+def rejections_name_both_sizes(t):
+    """a wrong width raises ValueError naming d_model and the width given; a list is refused too"""
+    lib = t.learner("layers")
+    ln = lib.LayerNorm(8)
+    message = t.raises(ValueError, ln, torch.zeros(2, 13))
+    t.true("8" in message and "13" in message, "the message should name d_model (8) and the last dimension (13)")
+    t.raises(ValueError, ln, [0.5] * 8)
+
+
 # -- 4.2 gelu -----------------------------------------------------------------------------------------
 
 
@@ -136,6 +147,27 @@ def rejects_unknown_forms(t):
     lib = t.learner("layers")
     for bad in ("erf", "Tanh", "approximate", 1):
         t.raises(ValueError, lib.gelu, torch.ones(2, dtype=torch.float64), bad)
+
+
+@hidden_test("4.2")
+def differentiable_with_respect_to_x(t):
+    """an input that requires grad gives an output that requires grad (no detach, no no_grad), both forms"""
+    lib = t.learner("layers")
+    x = seeded_randn(820, 3, 5).requires_grad_(True)
+    for form in ("none", "tanh"):
+        out = lib.gelu(x, form)
+        t.true(out.requires_grad is True, "the output must stay connected to x for autograd")
+        t.close(out, F.gelu(x.detach(), approximate=form), atol=1e-6, rtol=1e-6, what=form)
+
+
+@hidden_test("4.2")
+def rejects_what_is_not_floating_point(t):
+    """integer, bool and list inputs raise ValueError; a bad form's message lists 'none' and 'tanh'"""
+    lib = t.learner("layers")
+    for bad in (torch.arange(5), torch.tensor([True, False]), [0.5, 1.5]):
+        t.raises(ValueError, lib.gelu, bad)
+    message = t.raises(ValueError, lib.gelu, torch.ones(2, dtype=torch.float64), "erf")
+    t.true("none" in message and "tanh" in message, "the message should say which values are allowed")
 
 
 # -- 4.3 FeedForward.forward --------------------------------------------------------------------------
@@ -203,6 +235,16 @@ def rejects_a_wrong_last_dimension(t):
     ffn = lib.FeedForward(8, d_ff=16)
     for bad in (torch.zeros(2, 16), torch.zeros(8, 3), torch.zeros(1, 2, 7)):
         t.raises(ValueError, ffn, bad)
+
+
+@hidden_test("4.3")
+def feed_forward_rejections_name_both_sizes(t):
+    """a wrong width raises ValueError naming d_model and the width given; a list is refused too"""
+    lib = t.learner("layers")
+    ffn = lib.FeedForward(8, d_ff=16)
+    message = t.raises(ValueError, ffn, torch.zeros(2, 13))
+    t.true("8" in message and "13" in message, "the message should name d_model (8) and the last dimension (13)")
+    t.raises(ValueError, ffn, [0.5] * 8)
 
 
 # -- 4.4 TransformerBlock.forward ---------------------------------------------------------------------
@@ -289,3 +331,47 @@ def float32_and_bad_inputs(t):
     t.close(mine(x), y, atol=1e-5, rtol=1e-4, what="float32")
     for bad in (torch.zeros(5, 8), torch.zeros(1, 2, 5, 8), torch.zeros(2, 5, 6)):
         t.raises(ValueError, mine, bad)
+
+
+@hidden_test("4.4")
+def dropout_placement(t):
+    """in training, the attention output and the feed-forward output are each dropped once, before the residual"""
+    _, expected = _block_pair(t, 1700, 16, 2, dropout=0.5)
+    x = seeded_randn(1701, 4, 8, 16)
+    # Values zeroed and the feed-forward silenced: the block adds dropout(attn.out_proj.bias) to x.
+    state = dict(expected.state_dict())
+    for name in ("attn.v_proj.weight", "attn.v_proj.bias", "ffn.fc_out.weight", "ffn.fc_out.bias"):
+        state[name] = torch.zeros_like(state[name])
+    mine = learner_model(t, "block", "TransformerBlock", state, 16, 2, dropout=0.5, train=True)
+    added = mine(x) - x
+    kept = added != 0
+    t.true(abs(kept.double().mean().item() - 0.5) < 0.1, "the attention output should be dropped, once")
+    bias = state["attn.out_proj.bias"].expand_as(added)
+    t.close(added[kept], 2 * bias[kept], atol=1e-12, rtol=1e-9, what="kept attention outputs, scaled by 1 / (1 - p)")
+    # Attention silenced: the block adds the feed-forward's own dropout of ffn(ln_2(x)) to x.
+    state = dict(expected.state_dict())
+    for name in ("attn.out_proj.weight", "attn.out_proj.bias"):
+        state[name] = torch.zeros_like(state[name])
+    mine = learner_model(t, "block", "TransformerBlock", state, 16, 2, dropout=0.5, train=True)
+    added = mine(x) - x
+    kept = added != 0
+    with torch.no_grad():
+        clean = expected.ffn(expected.ln_2(x))
+    t.true(abs(kept.double().mean().item() - 0.5) < 0.1, "the feed-forward output should be dropped, once")
+    t.close(
+        added[kept], 2 * clean[kept], atol=1e-12, rtol=1e-9, what="kept feed-forward outputs, scaled by 1 / (1 - p)"
+    )
+
+
+@hidden_test("4.4")
+def leaves_x_alone(t):
+    """x is not modified in place: an input that requires grad is accepted, left unchanged, and can be backpropagated"""
+    mine, expected = _block_pair(t, 1800, 16, 4)
+    x = seeded_randn(1801, 2, 5, 16)
+    with torch.no_grad():
+        y = expected(x)
+    leaf = x.clone().requires_grad_(True)  # an in-place change of a leaf that requires grad raises
+    out = mine(leaf)
+    t.close(out, y, atol=1e-6, rtol=1e-6, what="output for an input that requires grad")
+    t.equal(leaf.detach(), x, what="x after the call")
+    out.sum().backward()  # in-process only: an in-place change of a tensor that autograd saved raises here

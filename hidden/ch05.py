@@ -5,10 +5,11 @@ Each test is a check ``test(t)`` of a :class:`course_lib.grading.Tester`, regist
 They may compute expected values with ``t.reference(module)``.
 """
 
+from course_lib.checks import learner_model
+
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks import learner_model
 from hidden import hidden_test
 
 # -- 5.1 GPT.forward ----------------------------------------------------------------------------------
@@ -83,6 +84,28 @@ def dropout_only_in_training(t):
 
 
 @hidden_test("5.1")
+def dropout_placement(t):
+    """in training, dropout acts in the embedding and the blocks only, not on the final norm or the logits"""
+    sizes = {"vocab_size": 16, "context_length": 8, "d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.5}
+    _, expected = _gpt_pair(t, 5310, **sizes)
+    state = {name: p.clone() for name, p in expected.state_dict().items()}
+    for name, p in state.items():  # every block adds exactly nothing to the stream
+        if name.endswith(("attn.out_proj.weight", "attn.out_proj.bias", "ffn.fc_out.weight", "ffn.fc_out.bias")):
+            p.zero_()
+    row = torch.tensor([3, 1, 4, 15, 9, 2, 6, 5])
+    eye = torch.eye(16, dtype=torch.float64)
+    state["embed.token.weight"] = eye  # the logits are the normalised stream itself
+    state["embed.position.weight"] = 1.0 - eye[row]  # token + position is a vector of ones at every position
+    state["ln_f.weight"], state["ln_f.bias"] = torch.ones(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+    mine = learner_model(t, "gpt", "GPT", state, t.learner("gpt").GPTConfig(**sizes), train=True)
+    logits = mine(row.repeat(8, 1)).detach().reshape(64, 16)
+    # Dropout on the embedding leaves zeros and twos, which the final norm maps to two values per row.
+    t.true(all(len(r.unique()) <= 2 for r in logits), "each position's logits should take at most two values")
+    share = (logits < 0).double().mean().item()
+    t.true(abs(share - 0.5) < 0.1, "the embedding should be dropped once, and nothing after the final norm")
+
+
+@hidden_test("5.1")
 def errors_name_the_lengths(t):
     """too long a sequence names its length and the context length; 3-D ids and float ids raise ValueError"""
     lib = t.learner("gpt")
@@ -133,6 +156,16 @@ def returns_a_python_int(t):
     n = lib.count_parameters(lib.GPTConfig(vocab_size=3, context_length=2, d_model=2, n_layers=1, n_heads=1))
     t.equal(type(n), int, what="type")
     t.raises(ValueError, lib.count_parameters, None)
+
+
+@hidden_test("5.2")
+def beyond_any_buildable_model(t):
+    """a configuration far too large to build is counted by formula, exactly, as a Python int beyond 2**63"""
+    lib, ref = t.learner("gpt"), t.reference("gpt")
+    sizes = {"vocab_size": 10**15, "context_length": 10**9, "d_model": 10**4, "n_layers": 1000, "n_heads": 8}
+    for bias in (True, False):
+        expected = ref.count_parameters(ref.GPTConfig(**sizes, bias=bias))
+        t.equal(lib.count_parameters(lib.GPTConfig(**sizes, bias=bias)), expected, what=f"bias={bias}")
 
 
 # -- 5.3 cross_entropy_loss ---------------------------------------------------------------------------
@@ -191,6 +224,19 @@ def rejects_bad_shapes(t):
     ):
         t.raises(ValueError, lib.cross_entropy_loss, logits, bad)
     t.raises(ValueError, lib.cross_entropy_loss, torch.zeros(5), torch.zeros(1, dtype=torch.int64))
+
+
+@hidden_test("5.3")
+def differentiable_and_not_in_place(t):
+    """logits that require grad give a loss that requires grad, and are not changed in place"""
+    lib = t.learner("training")
+    logits, targets = _case(5330, 3, 4, 6, 2.0)
+    expected = F.cross_entropy(logits.reshape(-1, 6), targets.reshape(-1))
+    leaf = logits.clone().requires_grad_(True)  # an in-place change of a leaf that requires grad raises
+    loss = lib.cross_entropy_loss(leaf, targets)
+    t.true(loss.requires_grad is True, "the loss must stay connected to the logits for autograd")
+    t.close(loss, expected, atol=1e-9, rtol=1e-9, what="loss")
+    t.equal(leaf.detach(), logits, what="logits after the call")
 
 
 # -- 5.4 train_step -----------------------------------------------------------------------------------
@@ -282,13 +328,40 @@ def the_loss_goes_down(t):
 
 @hidden_test("5.4")
 def rejects_a_bad_clip_norm(t):
-    """max_grad_norm of 0 or -1 raises ValueError"""
+    """max_grad_norm of 0, -1 or a string raises ValueError"""
     mine, _ = _training_pair(t, 5430)
     lib = t.learner("training")
     opt = lib.make_optimizer(mine)
     ((x, y),) = _batches(5431, 1)
     t.raises(ValueError, lib.train_step, mine, opt, x, y, max_grad_norm=0)
     t.raises(ValueError, lib.train_step, mine, opt, x, y, max_grad_norm=-1.0)
+    t.raises(ValueError, lib.train_step, mine, opt, x, y, max_grad_norm="1.0")
+
+
+@hidden_test("5.4")
+def trains_in_the_callers_mode(t):
+    """with dropout: a model in evaluation mode steps without dropout and stays so; one in training mode keeps it"""
+    lib, ref = t.learner("training"), t.reference("training")
+    ((x, y),) = _batches(5441, 1)
+    mine, expected = _training_pair(t, 5440, dropout=0.5)
+    mine.eval()
+    expected.eval()
+    opt_mine, opt_ref = lib.make_optimizer(mine, lr=1e-2), ref.make_optimizer(expected, lr=1e-2)
+    t.close(
+        lib.train_step(mine, opt_mine, x, y),
+        ref.train_step(expected, opt_ref, x, y),
+        atol=1e-9,
+        rtol=1e-9,
+        what="loss of a step in evaluation mode",
+    )
+    _compare(t, mine, expected, "after a step in evaluation mode")
+    t.equal(t.value(mine.training), False, what="model.training after a step in evaluation mode")
+    mine, expected = _training_pair(t, 5442, dropout=0.5)
+    with torch.no_grad():
+        evaluation_loss = F.cross_entropy(expected.eval()(x).reshape(-1, 23), y.reshape(-1)).item()
+    loss = lib.train_step(mine, lib.make_optimizer(mine, lr=1e-2), x, y)
+    t.true(abs(loss - evaluation_loss) > 1e-6, "a model in training mode must be trained with its dropout active")
+    t.equal(t.value(mine.training), True, what="model.training after a step in training mode")
 
 
 # -- 5.5 next_token_probs -----------------------------------------------------------------------------
@@ -368,6 +441,58 @@ def rejects_bad_settings(t):
     t.raises(ValueError, lib.next_token_probs, logits, top_p=-0.1)
 
 
+@hidden_test("5.5")
+def integer_settings(t):
+    """an int temperature and top_p=1 (an int) are accepted numbers"""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    logits = _logits(5530, 4, 12)
+    for kwargs in ({"temperature": 2}, {"top_p": 1}, {"temperature": 3, "top_k": 4, "top_p": 1}):
+        t.close(
+            lib.next_token_probs(logits, **kwargs),
+            ref.next_token_probs(logits, **kwargs),
+            atol=1e-12,
+            rtol=1e-9,
+            what=f"{kwargs}",
+        )
+
+
+@hidden_test("5.5")
+def top_p_ties_and_the_exact_boundary(t):
+    """tied probabilities: the earlier token comes first; a prefix whose mass equals top_p is enough"""
+    lib = t.learner("sampling")
+    logits = torch.zeros(2, 4, dtype=torch.float64)  # four tokens of probability 0.25, exactly
+    t.close(
+        lib.next_token_probs(logits, top_p=0.5),
+        torch.tensor([[0.5, 0.5, 0, 0]] * 2, dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+        what="top_p=0.5",
+    )
+    t.close(
+        lib.next_token_probs(logits, top_p=0.75),
+        torch.tensor([[1 / 3, 1 / 3, 1 / 3, 0]] * 2, dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+        what="top_p=0.75",
+    )
+    tied = torch.tensor([1.0, 2.0, 1.0, 2.0, 0.0], dtype=torch.float64)  # the two largest have about 0.35 each
+    t.close(
+        lib.next_token_probs(tied, top_p=0.3),
+        torch.tensor([0, 1.0, 0, 0, 0], dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+        what="the first of two tied tokens",
+    )
+
+
+@hidden_test("5.5")
+def rejects_scalars_and_lists(t):
+    """0-d logits and a list of logits raise ValueError"""
+    lib = t.learner("sampling")
+    t.raises(ValueError, lib.next_token_probs, torch.tensor(1.5))
+    t.raises(ValueError, lib.next_token_probs, [0.5, 1.5])
+
+
 # -- 5.6 generate -------------------------------------------------------------------------------------
 
 SAMPLING_SIZES = {"vocab_size": 29, "context_length": 6, "d_model": 12, "n_layers": 2, "n_heads": 3}
@@ -436,3 +561,27 @@ def rejects_bad_arguments(t):
     t.raises(ValueError, lib.generate, mine, torch.tensor([[1, 2]]), 2.0)
     t.raises(ValueError, lib.generate, mine, torch.zeros(1, 0, dtype=torch.int64), 2)
     t.raises(ValueError, lib.generate, mine, torch.zeros(1, 2), 2)
+
+
+@hidden_test("5.6")
+def mode_restored_in_evaluation_and_after_errors(t):
+    """a model in evaluation mode stays in it; one in training mode is back in it when the model raises inside"""
+    lib = t.learner("sampling")
+    mine, _ = _sampling_pair(t, 5650)
+    lib.generate(mine, _prompt(5651, 2, 3), 3, temperature=0.9, seed=1)
+    t.equal(t.value(mine.training), False, what="model.training after generate in evaluation mode")
+    mine.train()
+    t.raises(Exception, lib.generate, mine, torch.tensor([[1, 29]]), 3)  # id 29 is outside the vocabulary
+    t.equal(t.value(mine.training), True, what="model.training after the model raised inside generate")
+
+
+@hidden_test("5.6")
+def int_temperature_one_token_prompts_and_fresh_randomness(t):
+    """an int temperature, one-token prompts; without a seed two calls sample differently"""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    mine, expected = _sampling_pair(t, 5660)
+    ids = _prompt(5661, 3, 1)
+    t.equal(lib.generate(mine, ids, 6, temperature=2, seed=5), ref.generate(expected, ids, 6, temperature=2, seed=5))
+    t.equal(lib.generate(mine, ids, 4, temperature=0), ref.generate(expected, ids, 4, temperature=0), what="greedy")
+    a, b = lib.generate(mine, ids, 20, temperature=5.0), lib.generate(mine, ids, 20, temperature=5.0)
+    t.true(not torch.equal(a, b), "without a seed, two calls should not sample the same tokens")

@@ -99,6 +99,8 @@ PLAIN = [
     float("-inf"),
     "",
     "héllo 👋 \x00 \ud7ff",
+    "\ud83d\ude00 is two code points, 😀 one",  # a surrogate pair: JSON alone would join it into one
+    "lone \udc80 and \ud800",
     "nan",
     b"",
     b"\x00\xff" * 3,
@@ -296,6 +298,8 @@ MALFORMED = {
     "too deep": _nested(wire.MAX_DEPTH + 1),
     "malformed inside a list": {"t": "list", "v": [1, {"t": "nope"}]},
     "malformed dict key": {"t": "dict", "v": [[{"t": "nope"}, 1]]},
+    "str not utf-8": {"t": "str", "v": base64.b64encode(b"\xff").decode()},
+    "str not base64": {"t": "str", "v": "%%"},
 }
 
 
