@@ -33,7 +33,8 @@ class TransformerBlock(nn.Module):
         n_heads: the number of attention heads, a positive ``int`` that divides ``d_model``.
         d_ff: the hidden width of the feed-forward network (``None``: ``4 * d_model``).
         dropout: the dropout probability, for the attention weights, the attention output and
-            the feed-forward output (GPT-2 uses one value for all three).
+            the feed-forward output: one value for all three, like GPT-1 and Hugging Face's GPT2Config
+            (OpenAI's released GPT-2 code has no dropout).
         bias: whether the linear layers and the LayerNorms have biases.
         eps: the LayerNorms' ``eps``.
 

@@ -3,7 +3,7 @@
 A token id is only a row number. :class:`TokenEmbedding` holds one learned vector per row of the
 vocabulary and looks the rows up; :func:`sinusoidal_positions` builds the fixed position table of
 the original Transformer; :class:`InputEmbedding` adds a learned vector per position to each
-token's vector, as GPT-2 does, and applies dropout. Its output, of shape
+token's vector, as GPT-2 does, and applies dropout (as GPT-1 and Hugging Face's GPT-2 do). Its output, of shape
 ``(batch, seq, d_model)``, is what the transformer blocks of the next chapters read.
 
 Exercises in this module: 2.1 :meth:`TokenEmbedding.forward`, 2.2 :func:`sinusoidal_positions`,
@@ -148,7 +148,8 @@ def sinusoidal_positions(seq_len: int, d_model: int, base: float = 10000.0) -> t
 
 
 class InputEmbedding(nn.Module):
-    """Token embedding plus learned absolute position embedding, then dropout (GPT-2's input layer).
+    """Token embedding plus learned absolute position embedding, then dropout (GPT-2's input layer, as Hugging Face
+    builds it: OpenAI's released code has no dropout).
 
     Attributes:
         token: a :class:`TokenEmbedding` of shape ``(vocab_size, d_model)``.

@@ -146,7 +146,7 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """The position-wise feed-forward network of GPT-2: expand, GELU, contract, dropout.
+    """The position-wise feed-forward network of GPT-2: expand, GELU, contract (then dropout, as Hugging Face's has).
 
     Args:
         d_model: the width of the vectors in and out, a positive ``int``.

@@ -41,7 +41,12 @@ def matches_pytorch_without_a_mask(t):
 
 @visible_check("3.1")
 def matches_pytorch_with_masks(t):
-    """a causal mask and a padding mask match PyTorch; a fully masked row gives zeros"""
+    """a causal mask and a padding mask match PyTorch; a fully masked row gives zeros
+
+    The last comparison, of a fully masked row with PyTorch's own ``scaled_dot_product_attention``,
+    relies on PyTorch 2.5 or later: only since 2.5 does it give such a row a zero output (earlier
+    versions return NaN). requirements.txt asks for ``torch>=2.5``, so the comparison is safe.
+    """
     lib = t.learner("attention")
     q, k, v = _randn(4, 2, 5, 8), _randn(5, 2, 5, 8), _randn(6, 2, 5, 3)
     causal = torch.ones(5, 5, dtype=torch.bool).tril()
@@ -64,6 +69,7 @@ def matches_pytorch_with_masks(t):
     out, weights = lib.scaled_dot_product_attention(q, k, v, mask=blind)
     t.close(out[:, 2], torch.zeros(2, 3, dtype=F64), what="output of a fully masked row")
     t.close(weights[:, 2], torch.zeros(2, 5, dtype=F64), what="weights of a fully masked row")
+    # Safe since torch 2.5, the oldest version requirements.txt allows: PyTorch's fully masked row is zeros, not NaN.
     t.close(
         out,
         F.scaled_dot_product_attention(q, k, v, attn_mask=blind),
