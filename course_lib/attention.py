@@ -159,19 +159,24 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Let every position of ``x`` attend to the others, in ``self.n_heads`` heads at once.
 
-        1. Project: ``q = self.q_proj(x)``, and likewise ``k`` and ``v``: ``(batch, seq, d_model)``.
-        2. Split the heads: view each as ``(batch, seq, n_heads, d_head)`` and swap the middle
-           dimensions to ``(batch, n_heads, seq, d_head)``. Head ``h`` gets features
-           ``h * d_head`` to ``(h + 1) * d_head - 1`` of every position.
-        3. The mask: if ``self.causal``, the :func:`causal_mask` of ``seq`` positions (on
-           ``x``'s device), combined with ``mask`` (if any) by logical *and*; otherwise ``mask``.
-        4. Attend with your :func:`scaled_dot_product_attention`, passing the mask,
-           ``dropout_p=self.dropout_p`` and ``training=self.training`` (so dropout only acts in
-           training mode). Store the weights it returns, detached, in ``self.last_weights``.
-        5. Merge the heads: back to ``(batch, seq, n_heads, d_head)``, then
-           ``(batch, seq, d_model)`` (the tensor is no longer contiguous: use ``reshape``, or
-           ``contiguous()`` before ``view``).
-        6. Return ``self.out_proj`` of the result.
+        The queries, keys and values are ``self.q_proj(x)``, ``self.k_proj(x)`` and ``self.v_proj(x)``,
+        each of width ``d_model`` and cut into ``n_heads`` heads: head ``h`` owns features
+        ``h * d_head`` to ``(h + 1) * d_head - 1`` of every position. Each head attends on its own,
+        as your :func:`scaled_dot_product_attention` does (scale ``1 / sqrt(d_head)``, zero weights
+        for a query that may see no key). The heads' outputs, put back side by side in the same
+        order, go through ``self.out_proj``; that is the return value.
+
+        Which keys a query may see: if ``self.causal``, only keys at its own position or earlier
+        (Exercise 3.2's causal mask, on ``x``'s device); if ``mask`` is given, only keys that it
+        allows too (both conditions when both apply); with neither, every key.
+
+        Dropout acts on the attention weights only, with probability ``self.dropout_p``, and only in
+        training mode (``self.training``): in evaluation mode the layer is deterministic, and
+        nothing else in the layer is ever dropped.
+
+        Side effect: after every call, ``self.last_weights`` holds that call's attention weights,
+        shape ``(batch, n_heads, seq, seq)``, exactly those that multiplied the values (so after
+        dropout when it acts), detached from the autograd graph.
 
         Args:
             x: a floating-point tensor of shape ``(batch, seq, d_model)``, the dtype of the weights.
@@ -180,7 +185,7 @@ class MultiHeadAttention(nn.Module):
                 ``(batch, 1, 1, seq)`` to hide padding keys, say.
 
         Returns:
-            A tensor of shape ``(batch, seq, d_model)``.
+            A tensor of shape ``(batch, seq, d_model)``, in the dtype of ``x``.
 
         Raises:
             ValueError: if ``x`` is not 3-D with last dimension ``self.d_model``, or if ``mask``

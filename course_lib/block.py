@@ -71,12 +71,20 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pass ``x`` through the block: two residual sub-layers, each reading a normalised copy.
 
-        1. ``x = x + self.dropout(self.attn(self.ln_1(x), mask))``: attention, with the causal
-           mask built into ``self.attn`` and the optional extra ``mask`` passed along;
-        2. ``x = x + self.ffn(self.ln_2(x))``: the feed-forward network (it applies its own dropout);
-        3. return ``x``.
+        The block computes, for every position,
 
-        Do not modify ``x`` in place (``x += ...``): the caller's tensor, and autograd, need it.
+            h   = x + Dropout(Attention(LN_1(x)))
+            out = h + Dropout(FFN(LN_2(h)))
+
+        with ``LN_1``, ``LN_2`` the layers ``self.ln_1``, ``self.ln_2``; ``Attention`` the causal
+        ``self.attn``, given the extra ``mask`` when there is one; the first ``Dropout`` the block's
+        ``self.dropout``; and ``FFN`` followed by its ``Dropout`` what ``self.ffn`` returns (the
+        feed-forward module ends with its own dropout). So each branch is dropped out exactly once,
+        before it is added to the stream, and only in training mode: in evaluation mode the block
+        is deterministic.
+
+        ``x`` itself is left unchanged (not modified in place): the caller may still need it, and
+        an input that requires grad is accepted and can be backpropagated through the output.
 
         Args:
             x: a floating-point tensor of shape ``(batch, seq, d_model)``, the dtype of the weights.
@@ -84,7 +92,7 @@ class TransformerBlock(nn.Module):
                 :meth:`MultiHeadAttention.forward`.
 
         Returns:
-            A tensor of shape ``(batch, seq, d_model)``: the width is kept.
+            A tensor of shape ``(batch, seq, d_model)`` in the dtype of ``x``: the width is kept.
 
         Raises:
             ValueError: if ``x`` is not a 3-D tensor with last dimension ``self.d_model``.
