@@ -76,16 +76,19 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise every vector of ``x`` over its ``d_model`` features, then scale and shift it.
 
-        For each vector ``v`` along the last dimension (one token's features):
+        For each vector ``v`` along the last dimension (one token's ``d_model`` features), with
+        ``mean`` its mean and ``var`` its **biased** variance (the mean of ``(v_i - mean) ** 2``,
+        a division by ``d_model``, not ``d_model - 1``), the result is
 
-        1. ``mean = v.mean()`` and the **biased** variance ``var = ((v - mean) ** 2).mean()``
-           (divide by ``d_model``, not ``d_model - 1``: ``x.var(dim=-1, unbiased=False)``);
-        2. ``v_hat = (v - mean) / sqrt(var + self.eps)``;
-        3. return ``v_hat * self.weight + self.bias`` (no shift when ``self.bias`` is ``None``).
+            out_i = weight_i * (v_i - mean) / sqrt(var + eps) + bias_i
 
-        Compute the statistics with ``keepdim=True`` so that they broadcast back over the last
-        dimension. Every position and batch element is normalised on its own: nothing is shared
-        across the leading dimensions.
+        with ``weight`` the scale ``self.weight``, ``bias`` the shift ``self.bias`` (no shift when it
+        is ``None``) and ``eps`` the layer's ``self.eps``, added inside the square root. So a
+        constant vector (variance 0) comes out as the shift itself, zeros when there is none.
+
+        Every position and batch element is normalised on its own: a token's output depends on its
+        own features only, nothing is shared across the leading dimensions, and any number of them
+        (none included: a 1-D ``x`` is one vector) is accepted.
 
         Args:
             x: a floating-point tensor of shape ``(..., d_model)``, in the dtype of the weights.
@@ -115,11 +118,13 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """The Gaussian Error Linear Unit, applied element by element.
 
     - ``approximate="none"``: the exact form ``x * Phi(x)``, where ``Phi`` is the standard normal
-      cumulative distribution function, ``Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))`` (``torch.erf``).
+      cumulative distribution function, ``Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))``.
     - ``approximate="tanh"``: GPT-2's approximation
-      ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))`` (``torch.tanh``).
+      ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``: close to the exact form
+      but a different function, so each value of ``approximate`` gives its own.
 
-    Write both formulas with elementary tensor operations: do **not** call
+    Both agree with ``torch.nn.functional.gelu`` in the same form to rounding error, from large
+    negative inputs to large positive ones, but are built from the formulas: do **not** call
     ``torch.nn.functional.gelu`` or ``torch.nn.GELU`` (the checks compare you with them).
 
     Args:
@@ -130,8 +135,9 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         A tensor of the same shape and dtype as ``x``, differentiable with respect to ``x``.
 
     Raises:
-        ValueError: if ``approximate`` is neither ``"none"`` nor ``"tanh"`` (say which values are
-            allowed), or if ``x`` is not a floating-point tensor.
+        ValueError: if ``approximate`` is neither ``"none"`` nor ``"tanh"`` (any other string, any
+            other case, or not a string at all; the message says which values are allowed), or if
+            ``x`` is not a floating-point tensor (an integer or ``bool`` tensor, a list).
 
     Example:
         >>> gelu(torch.tensor([-1.0, 0.0, 1.0]))
@@ -183,12 +189,20 @@ class FeedForward(nn.Module):
 
     @exercise("4.3", "The feed-forward network", points=2)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Transform every position of ``x`` on its own: ``dropout(fc_out(gelu(fc_in(x))))``.
+        """Transform every position of ``x`` on its own: expand, GELU, contract, then dropout.
 
-        1. ``h = self.fc_in(x)``: shape ``(..., d_ff)``;
-        2. ``h = gelu(h, approximate=self.approximate)`` with **your** :func:`gelu` from this module;
-        3. ``y = self.fc_out(h)``: back to ``(..., d_model)``;
-        4. return ``self.dropout(y)`` (it only acts in training mode).
+        The layer computes, for each vector ``v`` along the last dimension,
+
+            out = Dropout(GELU(v W_in + b_in) W_out + b_out)
+
+        where ``v W_in + b_in`` is what the expansion ``self.fc_in`` computes (width ``d_model`` to
+        ``d_ff``) and ``h W_out + b_out`` what the contraction ``self.fc_out`` computes (back to
+        ``d_model``); ``GELU`` is **your** :func:`gelu` from this module, in the form
+        ``self.approximate`` (the layer's own setting, whatever :func:`gelu`'s default); and
+        ``Dropout`` is the layer's ``self.dropout``. Dropout acts on the output only, once, and only
+        in training mode: there it zeroes each number with probability ``p`` and scales the others
+        by ``1 / (1 - p)``; in evaluation mode the layer is deterministic. Any number of leading
+        dimensions is accepted, none included.
 
         Args:
             x: a floating-point tensor of shape ``(..., d_model)``, in the dtype of the weights.
