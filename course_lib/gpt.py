@@ -240,18 +240,13 @@ class GPT(nn.Module):
 
 @exercise("5.2", "Count GPT-2's parameters", points=2)
 def count_parameters(config: GPTConfig) -> int:
-    """The exact number of parameters of ``GPT(config)``, by formula (build no model).
+    """The exact number of parameters of ``GPT(config)``, worked out from the sizes alone.
 
-    Add up, with ``d = config.d_model``, ``V = config.vocab_size``, ``T = config.context_length``:
-
-    - the token table ``V * d`` (counted once: the output projection is the same matrix) and the
-      position table ``T * d``;
-    - ``config.n_layers`` blocks, each with attention ``4 d²`` weights (+ ``4 d`` biases), a
-      feed-forward network ``d -> 4d -> d``, ``8 d²`` weights (+ ``4d + d`` biases), and two
-      LayerNorms ``2 d`` scales (+ ``2 d`` shifts);
-    - the final LayerNorm: ``d`` (+ ``d``).
-
-    The terms in parentheses are there only when ``config.bias`` is ``True``.
+    Build no model: the count must also be right for configurations far too large to build, and
+    exact however large it is, beyond ``2**63`` included. A parameter shared by two layers counts
+    once, as in ``model.parameters()``: the output projection *is* the token table and adds
+    nothing of its own. With ``config.bias`` false the model has no biases anywhere, neither in
+    its linear layers nor as LayerNorm shifts.
 
     Args:
         config: a :class:`GPTConfig`.

@@ -75,22 +75,21 @@ def generate(
 ) -> torch.Tensor:
     """Extend every sequence of ``ids`` by ``max_new_tokens`` tokens chosen by ``model``.
 
-    1. Validate the arguments (see Raises). Remember ``model.training``, then call
-       ``model.eval()``; restore the mode at the end (``model.train(was_training)``), also when an
-       error occurs. Run everything under ``torch.no_grad()``.
-    2. If ``seed`` is not ``None``, create *one* generator for the whole call:
-       ``g = torch.Generator(device=ids.device).manual_seed(seed)``; otherwise ``g = None``.
-    3. Repeat ``max_new_tokens`` times:
+    Each new token is chosen from the model's scores for the position after the last token, the
+    model reading at most the last ``model.config.context_length`` tokens of the text so far
+    (prompt and new tokens). With ``temperature == 0`` the choice is greedy: the highest-scoring
+    token, the lowest id on a tie (as ``argmax`` picks), ``top_k`` and ``top_p`` playing no part.
+    Otherwise the token is drawn from the distribution that :func:`next_token_probs`, your
+    Exercise 5.5, makes of those scores with ``temperature``, ``top_k`` and ``top_p``.
 
-       a. crop the running sequence to its last ``model.config.context_length`` tokens;
-       b. ``logits = model(cropped)[:, -1, :]``: ``(batch, vocab)``, the scores for the next token;
-       c. if ``temperature == 0``: take ``logits.argmax(dim=-1, keepdim=True)`` (greedy; ``top_k``
-          and ``top_p`` do not matter then); otherwise
-          ``probs = next_token_probs(logits, temperature, top_k, top_p)`` (your Exercise 5.5) and
-          ``torch.multinomial(probs, num_samples=1, generator=g)``;
-       d. append the chosen ``(batch, 1)`` tokens to the sequence.
+    Randomness: every draw is made by ``torch.multinomial``, one call per new token for the whole
+    batch, with one sample per sequence. With a ``seed``, all the draws of a call come from a
+    single ``torch.Generator(device=ids.device)`` seeded with ``seed``, so the same arguments give
+    the same tokens, and the same tokens as ours; with ``seed=None`` they come from PyTorch's
+    global generator, so two calls differ.
 
-    Following this recipe exactly makes a seeded run reproducible and comparable with ours.
+    The model runs in evaluation mode (no dropout) and records no gradients; afterwards
+    ``model.training`` is what it was before the call, also when the model raises an error.
 
     Args:
         model: a :class:`course_lib.gpt.GPT` (anything with ``.config.context_length`` that maps
@@ -98,7 +97,7 @@ def generate(
         ids: the prompt, an int64 tensor of shape ``(batch, seq)`` with ``seq >= 1`` (it may be
             longer than the context: only its last ``context_length`` tokens are read).
         max_new_tokens: an ``int >= 0``.
-        temperature: ``0`` for greedy decoding, or a positive number.
+        temperature: ``0`` for greedy decoding, or a positive number (``int`` or ``float``).
         top_k, top_p: as for :func:`next_token_probs`.
         seed: ``None`` or an ``int`` that makes sampling reproducible.
 
@@ -107,7 +106,8 @@ def generate(
 
     Raises:
         ValueError: if ``ids`` is not a 2-D integer tensor with at least one token,
-            ``max_new_tokens`` is not an int ``>= 0``, or ``temperature < 0``.
+            ``max_new_tokens`` is not an ``int >= 0`` (a float, even ``2.0``, is not an int), or
+            ``temperature < 0``.
 
     Example:
         >>> model = GPT(GPTConfig(vocab_size=50, context_length=8, d_model=16, n_layers=1, n_heads=2))
