@@ -231,7 +231,7 @@ class Sandbox:
     def __init__(self, package_dir: Path, call_timeout: float | None = None):
         self.package_dir = package_dir
         self.call_timeout = call_timeout or deadline("COURSE_GRADER_CALL_TIMEOUT", 20)
-        self.process: subprocess.Popen | None = None
+        self.process: _Channel | None = None
         self.root: Path | None = None
         self.current: Worker | None = None
         self.last_stderr = ""
