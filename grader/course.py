@@ -86,11 +86,13 @@ c.GradeInSandbox.verdicts_root = {str(root / VERDICTS)!r}
     )
 
 
+def _scripts_on_path() -> str:
+    """``PATH`` with this environment's scripts first: nbgrader runs `alembic` to create the gradebook."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def nbgrader(root: Path, *args: str) -> None:
-    # nbgrader runs `alembic` to create the gradebook: the environment's scripts must be on PATH.
-    env = dict(
-        os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=_scripts_on_path())
     env.pop(exercises.SOLUTIONS_ENV, None)
     subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, env=env, check=True)
 
@@ -167,12 +169,6 @@ def prepare_submissions(root: Path) -> None:
                 shutil.copy(released, submitted)
 
 
-SANDBOX_FIX = (
-    "Fix: run the grader on Linux as root (or with unprivileged user namespaces) with util-linux's mount, "
-    "with the Python environment readable by others (see 'How grading resists gaming' in the README)."
-)
-
-
 def default_jobs() -> int:
     """How many submissions ``make autograde`` judges at once: ``JOBS``, else the cores."""
     value = os.environ.get("JOBS", "")
@@ -238,7 +234,9 @@ def graded_cells(notebook: Path) -> list[str]:
 def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
     """Judge every submission of ``assignments``, ``jobs`` at a time, into ``<root>/.verdicts/``.
 
-    First every judge proves the sandbox works; if it does not, nothing is graded. A judge that
+    First every judge proves the sandbox works (``grader.judge --self-test``: the references pass a
+    check inside it); if it does not, nothing is graded, since a machine whose sandbox cannot run (an
+    interpreter its user cannot read, no namespaces) would otherwise score every submission 0. A judge that
     crashes or overruns ``COURSE_GRADER_SUBMISSION_TIMEOUT`` is replaced; the submission it was on is
     tried once more in the new one, and then recorded as a grading error. No submission's verdicts
     depend on another's.
@@ -251,8 +249,8 @@ def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
     count = tasks.qsize()
     if not count:
         return
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env = {key: value for key, value in env.items() if not key.startswith("COURSE_LIB_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COURSE_LIB_")}
+    env["PYTHONPATH"] = str(REPO)
     jobs = max(1, min(jobs, count))
     env[threads.THREADS_ENV] = str(max(1, threads.cores() // jobs))  # the judges share the cores, never oversubscribe
     with ThreadPoolExecutor(jobs) as pool:
@@ -262,7 +260,9 @@ def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
         for server in servers:
             server.close()
         raise SystemExit(
-            f"The grader's sandbox does not work on this machine, so nothing was graded:\n{broken}\n{SANDBOX_FIX}"
+            f"The grader's sandbox does not work on this machine, so nothing was graded:\n{broken}\n"
+            "Fix: run the grader on Linux as root (or with unprivileged user namespaces) with util-linux's mount, "
+            "with the Python environment readable by others (see 'How grading resists gaming' in the README)."
         )
     print(f"judging {count} submissions, {jobs} at a time")
 
@@ -276,7 +276,8 @@ def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
             start = time.monotonic()
             verdicts = None
             for _attempt in (1, 2):
-                if server.process.poll() is not None:
+                if server.process.poll() is not None:  # it crashed, or its self-test failed
+                    server.close()
                     server = JudgeServer(env)
                 if not server.broken:
                     verdicts = server.judge(int(assignment[2:]), folder, sources)
@@ -299,28 +300,6 @@ def judge_all(root: Path, assignments: list[str], jobs: int) -> None:
         list(pool.map(work, servers))
 
 
-def preflight() -> None:
-    """Prove the sandbox works before grading anything: the references must pass a check inside it.
-
-    Without this, a grading machine whose sandbox cannot run (an interpreter the sandbox's user
-    cannot read, no namespaces) would score every submission 0 and blame the learners.
-    ``make autograde`` gets the same proof from each of its judges (:func:`judge_all`).
-    """
-    done = subprocess.run(
-        [sys.executable, "-m", "grader.judge", "--self-test"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        timeout=600,
-    )
-    if done.returncode != 0:
-        raise SystemExit(
-            "The grader's sandbox does not work on this machine, so nothing was graded:\n"
-            f"{(done.stdout + done.stderr).strip()[-3000:]}\n{SANDBOX_FIX}"
-        )
-
-
 def run_nbgrader(root: Path, assignments: list[str]) -> None:
     """nbgrader's autograde and feedback for ``assignments``, in this one process.
 
@@ -332,8 +311,7 @@ def run_nbgrader(root: Path, assignments: list[str]) -> None:
     from sqlalchemy.exc import SAWarning
     from traitlets.config.loader import PyFileConfigLoader
 
-    # nbgrader runs `alembic` to create the gradebook: the environment's scripts must be on PATH.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["PATH"] = _scripts_on_path()
     config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
     with contextlib.chdir(root), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's ORM warns about its own sessions

@@ -147,7 +147,6 @@ def main() -> None:
         return serve()
     chapter, submission = int(sys.argv[1]), Path(sys.argv[2]).resolve()
     sources = json.load(sys.stdin)
-    os.environ[exercises.SOLUTIONS_ENV] = "1"
     json.dump(judge_submission(chapter, submission, sources), sys.stdout)
 
 

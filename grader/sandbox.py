@@ -42,6 +42,7 @@ from pathlib import Path
 from grader import wire
 
 HERE = Path(__file__).resolve().parent
+ENDED_WHY = "sys.exit, os._exit, a crash or a resource limit?"
 NOBODY = 65534
 
 
@@ -225,12 +226,13 @@ class Sandbox:
 
     Args:
         package_dir: a folder holding the ``course_lib`` package to import (copied, never used in place).
-        call_timeout: seconds one call may take, wall clock.
+        call_timeout: seconds one call may take, wall clock (default ``COURSE_GRADER_CALL_TIMEOUT``,
+            scaled by the load when each call starts).
     """
 
     def __init__(self, package_dir: Path, call_timeout: float | None = None):
         self.package_dir = package_dir
-        self.call_timeout = call_timeout or deadline("COURSE_GRADER_CALL_TIMEOUT", 20)
+        self.call_timeout = call_timeout
         self.process: _Channel | None = None
         self.root: Path | None = None
         self.current: Worker | None = None
@@ -297,7 +299,7 @@ class Sandbox:
                 self._send({"op": "fork"})
                 reply = self._receive(deadline("COURSE_GRADER_START_TIMEOUT", 60))
                 if type(reply) is not dict or reply.get("ready") is not True or type(reply.get("pid")) is not int:
-                    self._fail(f"the template answered {_short(reply)} instead of starting a worker")
+                    self._fail(f"the template answered {reply!r:.80} instead of starting a worker")
             except SandboxError as err:
                 self.close()
                 if attempt == 2:
@@ -339,7 +341,7 @@ class Sandbox:
                 continue
             chunk = os.read(self.process.stdout.fileno(), 1 << 20)
             if not chunk:
-                self._fail("the process ended — sys.exit, os._exit, a crash or a resource limit?")
+                self._fail(f"the process ended — {ENDED_WHY}")
             self._buffer += chunk
 
     def _fail(self, why: str):
@@ -384,7 +386,6 @@ class Worker:
     def __init__(self, sandbox: Sandbox):
         self.sandbox = sandbox
         self.process = sandbox.process
-        self.call_timeout = sandbox.call_timeout
         self.root = sandbox.root
 
     def request(self, op: str, root, path: list[str], args=(), kwargs=None):
@@ -396,13 +397,11 @@ class Worker:
             message["args"] = wire.encode(list(args), _no_objects)
             message["kwargs"] = wire.encode(dict(kwargs or {}), _no_objects)
         self.sandbox._send(message)
-        reply = self.sandbox._receive(self.call_timeout)
+        reply = self.sandbox._receive(self.sandbox.call_timeout or deadline("COURSE_GRADER_CALL_TIMEOUT", 20))
         if type(reply) is dict and set(reply) == {"ended"}:  # the worker died; the template is intact
             self.process = None
             self.sandbox.current = None
-            raise SandboxError(
-                f"the process ended (exit status {reply['ended']}) — sys.exit, os._exit, a crash or a resource limit?"
-            )
+            raise SandboxError(f"the process ended (exit status {reply['ended']}) — {ENDED_WHY}")
         if type(reply) is not dict or type(reply.get("ok")) is not bool:
             self.sandbox._fail("sent a malformed reply")
         if not reply["ok"]:
@@ -438,11 +437,6 @@ class Worker:
 
     def stderr_tail(self, limit: int = 1500) -> str:
         return self.sandbox.stderr_tail(limit)
-
-
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _no_objects(obj):

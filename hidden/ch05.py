@@ -371,10 +371,16 @@ def _logits(seed, *shape, scale=2.0, dtype=torch.float64):
     return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def _probs_match_the_reference(t, logits, kwargs, what):
+    """The learner's ``next_token_probs(logits, **kwargs)`` equals the reference's, to float64 rounding."""
+    lib, ref = t.learner("sampling"), t.reference("sampling")
+    expected = ref.next_token_probs(logits, **kwargs)
+    t.close(lib.next_token_probs(logits, **kwargs), expected, atol=1e-12, rtol=1e-9, what=what)
+
+
 @hidden_test("5.5")
 def matches_the_reference_on_combinations(t):
     """temperature, top-k, top-p and their combinations on (batch, vocab) and (batch, seq, vocab) logits"""
-    lib, ref = t.learner("sampling"), t.reference("sampling")
     cases = [
         {"temperature": 0.7, "top_k": 5},
         {"temperature": 1.3, "top_p": 0.6},
@@ -385,13 +391,7 @@ def matches_the_reference_on_combinations(t):
     ]
     for i, kwargs in enumerate(cases):
         logits = _logits(5500 + i, 3, 2, 31) if i % 2 else _logits(5500 + i, 4, 31)
-        t.close(
-            lib.next_token_probs(logits, **kwargs),
-            ref.next_token_probs(logits, **kwargs),
-            atol=1e-12,
-            rtol=1e-9,
-            what=f"case {i}",
-        )
+        _probs_match_the_reference(t, logits, kwargs, f"case {i}")
 
 
 @hidden_test("5.5")
@@ -444,16 +444,9 @@ def rejects_bad_settings(t):
 @hidden_test("5.5")
 def integer_settings(t):
     """an int temperature and top_p=1 (an int) are accepted numbers"""
-    lib, ref = t.learner("sampling"), t.reference("sampling")
     logits = _logits(5530, 4, 12)
     for kwargs in ({"temperature": 2}, {"top_p": 1}, {"temperature": 3, "top_k": 4, "top_p": 1}):
-        t.close(
-            lib.next_token_probs(logits, **kwargs),
-            ref.next_token_probs(logits, **kwargs),
-            atol=1e-12,
-            rtol=1e-9,
-            what=f"{kwargs}",
-        )
+        _probs_match_the_reference(t, logits, kwargs, f"{kwargs}")
 
 
 @hidden_test("5.5")

@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 from conftest import REPO, python_env
 
@@ -121,11 +120,6 @@ def test_a_judge_crash_is_a_grading_error_never_a_score(class_of, monkeypatch, c
     assert not (root / course.VERDICTS).exists()  # a later plain `nbgrader autograde` judges afresh
 
 
-def _cells() -> list[str]:
-    notebook = nbformat.read(next((REPO / "book").glob(f"{CHAPTER}_*.ipynb")), as_version=4)
-    return [cell.source for cell in notebook.cells if cell.metadata.get("nbgrader", {}).get("grade")]
-
-
 def _judge(folder: Path, cells: list[str]) -> list[bool]:
     done = subprocess.run(
         [sys.executable, "-m", "grader.judge", "1", str(folder)],
@@ -151,7 +145,7 @@ def test_verdicts_do_not_depend_on_load(released, tmp_path):
         if how != "stub":
             _solve(folder, break_merge=how == "off-by-one")
         submissions[how] = folder
-    cells = _cells()
+    cells = course.graded_cells(next((source_root / "source" / CHAPTER).glob("*.ipynb")))
     idle = _judge(submissions["off-by-one"], cells)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, threads.cores()))]
     try:  # more runnable processes than cores, for the whole grading
