@@ -13,7 +13,7 @@ import signal
 import sys
 
 from . import exercises
-from .grading import run_checks
+from .grading import run_checks, visible_checks
 
 TIME_LIMIT = 120  # seconds for one exercise's visible checks
 
@@ -35,6 +35,8 @@ def check(entry: exercises.Exercise) -> tuple[bool, str]:
     try:
         with contextlib.redirect_stdout(report):
             run_checks(entry.id)
+            if visible_checks(entry.id, inputs=True):  # graded apart, but part of the exercise
+                run_checks(entry.id, inputs=True)
         return True, report.getvalue()
     except _TooSlow:
         return False, report.getvalue() + f"  (stopped after {TIME_LIMIT} s: an infinite loop?)\n"

@@ -12,12 +12,14 @@ Shapes follow PyTorch's conventions: ``(batch, seq, d_model)`` for a layer's inp
 means "may attend".
 
 Exercises in this module: 3.1 :func:`scaled_dot_product_attention`, 3.2 :func:`causal_mask`,
-3.3 :meth:`MultiHeadAttention.forward`.
+3.3 :meth:`MultiHeadAttention.forward`. :class:`FusedMultiHeadAttention` is the same layer on
+PyTorch's fused kernel, which Chapter 5's GPT uses by default.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .exercises import exercise
@@ -231,6 +233,63 @@ class MultiHeadAttention(nn.Module):
                     proj.bias.copy_(b)
                 new.out_proj.bias.copy_(module.out_proj.bias)
         return new.train(module.training)
+
+
+class FusedMultiHeadAttention(MultiHeadAttention):
+    """:class:`MultiHeadAttention` on PyTorch's fused kernel: the same layer, computed faster.
+
+    The parameters are those of :class:`MultiHeadAttention` (``q_proj``, ``k_proj``, ``v_proj``,
+    ``out_proj``), so a state dict moves between the two unchanged, and ``forward`` keeps the
+    contract of :meth:`MultiHeadAttention.forward` (causal and extra masks combined, a query that
+    may see no key gets zeros, dropout on the weights in training mode only, the same errors) with
+    one exception: ``last_weights`` stays ``None``, because the weights are never formed.
+
+    Two things make it fast. The three input projections run as one matrix product, on their
+    weights stacked as ``[W_q; W_k; W_v]`` (the layout of Hugging Face's ``c_attn``, stacked anew at
+    each call, so the parameters stay where they are): one pass over ``x`` instead of three. And the
+    attention itself is ``torch.nn.functional.scaled_dot_product_attention``, which, without
+    dropout, works through the keys block by block with a running softmax (FlashAttention, Dao et
+    al., 2022, arXiv:2205.14135; the running softmax: Milakov & Gimelshein, 2018, arXiv:1805.02867):
+    the ``(seq, seq)`` scores are never written to memory, and under the causal mask each block of
+    queries stops at the key of its last query, so most scores above the diagonal are never
+    computed. (With dropout, PyTorch's CPU build falls back to the plain computation.) Chapter 3
+    shows that this function computes what :func:`scaled_dot_product_attention` does.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x must be a tensor of shape (batch, seq, d_model={self.d_model}), "
+                f"got {getattr(x, 'shape', type(x).__name__)}"
+            )
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+            raise ValueError(
+                "mask must be None or a torch.bool tensor (True: may attend), "
+                f"got {getattr(mask, 'dtype', type(mask).__name__)}"
+            )
+        batch, seq, _ = x.shape
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])  # (3 * d_model, d_model)
+        bias = torch.cat([p.bias for p in projections]) if self.bias else None
+        qkv = F.linear(x, weight, bias).view(batch, seq, 3, self.n_heads, self.d_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, d_head): views, no copy
+        dropout_p = self.dropout_p if self.training else 0.0
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
+        else:
+            scores_shape = (batch, self.n_heads, seq, seq)
+            try:
+                fits = torch.broadcast_shapes(mask.shape, scores_shape) == scores_shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {scores_shape}")
+            if self.causal:  # built here, not with causal_mask(): this path needs nothing from Exercise 3.2
+                mask = mask & torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        self.last_weights = None
+        # The fused kernel lays its output out as (batch, seq, heads, d_head), so the merge below is a view.
+        return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.d_model))  # (batch, seq, d_model)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ and adds its result back onto the stream (a residual, or shortcut, connection):
 The width ``d_model`` never changes, so blocks stack: GPT-2 small has 12 of them. The pieces come
 from :mod:`course_lib.attention` (Chapter 3) and :mod:`course_lib.layers` (this chapter).
 
-Exercise in this module: 4.4 :meth:`TransformerBlock.forward`.
+Exercise in this module: 4.4 :meth:`TransformerBlock.forward`. A block built with
+``kernels="fused"`` (as Chapter 5's GPT builds them) runs the same layers on PyTorch's fused
+kernels: :class:`~course_lib.attention.FusedMultiHeadAttention`, :class:`FusedLayerNorm` and
+:class:`FusedFeedForward`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,67 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention
+from .attention import FusedMultiHeadAttention, MultiHeadAttention
 from .exercises import exercise
 from .layers import FeedForward, LayerNorm
+
+#: What a block's layers run on: ``"course"``, the code of Chapters 3 and 4, or ``"fused"``, PyTorch's kernels.
+KERNELS = ("course", "fused")
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 4's layers on PyTorch's fused kernels (finished helpers)
+# --------------------------------------------------------------------------------------
+
+
+def _check_vectors(x, d_model: int) -> None:
+    """The ``ValueError`` of Chapter 4's layers for an ``x`` that is not a tensor ``(..., d_model)``."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != d_model:
+        raise ValueError(
+            f"x must be a tensor of shape (..., d_model={d_model}), got {getattr(x, 'shape', type(x).__name__)}"
+        )
+
+
+class FusedLayerNorm(LayerNorm):
+    """:class:`~course_lib.layers.LayerNorm` computed by ``torch.nn.functional.layer_norm``.
+
+    Same parameters and the same result as the course's layer (Chapter 4 checks one against the
+    other), in one kernel that reads the input once and, for the backward pass, keeps only the
+    mean and the inverse standard deviation of each vector instead of every intermediate tensor.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_vectors(x, self.d_model)
+        return F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps)
+
+
+class FusedFeedForward(FeedForward):
+    """:class:`~course_lib.layers.FeedForward` with ``torch.nn.functional.gelu`` as its activation.
+
+    Same parameters and the same result; the activation is one kernel forward and one backward,
+    where the tanh form written out is a chain of element-wise passes over the ``(..., d_ff)``
+    hidden tensor, the widest in the block, each with its own step in the backward pass.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_vectors(x, self.d_model)
+        h = F.gelu(self.fc_in(x), approximate=self.approximate)  # (..., d_ff)
+        return self.dropout(self.fc_out(h))  # (..., d_model)
+
+
+def check_kernels(kernels) -> str:
+    """``kernels`` if it is one of :data:`KERNELS`; a ``ValueError`` naming them otherwise."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    return kernels
+
+
+# --------------------------------------------------------------------------------------
+# The block
+# --------------------------------------------------------------------------------------
 
 
 class TransformerBlock(nn.Module):
@@ -37,6 +96,11 @@ class TransformerBlock(nn.Module):
             (OpenAI's released GPT-2 code has no dropout).
         bias: whether the linear layers and the LayerNorms have biases.
         eps: the LayerNorms' ``eps``.
+        kernels: ``"course"`` (the default): the layers as Chapters 3 and 4 wrote them,
+            :class:`MultiHeadAttention`, :class:`LayerNorm` and :class:`FeedForward`. ``"fused"``:
+            :class:`FusedMultiHeadAttention`, :class:`FusedLayerNorm` and :class:`FusedFeedForward`,
+            the same layers with the same parameters (and state-dict keys) on PyTorch's fused
+            kernels, which Chapter 5's GPT uses by default. ``forward`` is the same either way.
 
     Attributes:
         ln_1: ``LayerNorm(d_model, eps, bias)`` before attention.
@@ -44,7 +108,7 @@ class TransformerBlock(nn.Module):
         dropout: ``nn.Dropout(dropout)`` on the attention output, before it joins the stream.
         ln_2: ``LayerNorm(d_model, eps, bias)`` before the feed-forward network.
         ffn: ``FeedForward(d_model, d_ff, dropout, bias)`` (its own dropout is on its output).
-        d_model, n_heads: the settings above.
+        d_model, n_heads, kernels: the settings above.
     """
 
     def __init__(
@@ -55,14 +119,18 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         eps: float = 1e-5,
+        kernels: str = "course",
     ):
         super().__init__()
-        self.attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, bias=bias, causal=True)  # validates the sizes
-        self.d_model, self.n_heads = d_model, n_heads
-        self.ln_1 = LayerNorm(d_model, eps, bias)
+        fused = check_kernels(kernels) == "fused"
+        attention = FusedMultiHeadAttention if fused else MultiHeadAttention
+        norm, ffn = (FusedLayerNorm, FusedFeedForward) if fused else (LayerNorm, FeedForward)
+        self.attn = attention(d_model, n_heads, dropout=dropout, bias=bias, causal=True)  # validates the sizes
+        self.d_model, self.n_heads, self.kernels = d_model, n_heads, kernels
+        self.ln_1 = norm(d_model, eps, bias)
         self.dropout = nn.Dropout(dropout)
-        self.ln_2 = LayerNorm(d_model, eps, bias)
-        self.ffn = FeedForward(d_model, d_ff, dropout, bias)
+        self.ln_2 = norm(d_model, eps, bias)
+        self.ffn = ffn(d_model, d_ff, dropout, bias)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, pre-norm"

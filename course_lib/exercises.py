@@ -22,7 +22,21 @@ from pathlib import Path
 
 #: The course_lib modules that hold exercises, in chapter order. Importing all of them fills
 #: the registry; ``course_lib.exercises.all_exercises()`` does exactly that.
-EXERCISE_MODULES = ("tokenization", "embeddings", "attention", "layers", "block", "gpt", "training", "sampling")
+EXERCISE_MODULES = (
+    "tokenization",
+    "embeddings",
+    "attention",
+    "layers",
+    "block",
+    "gpt",
+    "data",
+    "training",
+    "sampling",
+    "rope",
+    "kv_cache",
+    "memory",
+    "gqa",
+)
 
 SOLUTIONS_ENV = "COURSE_LIB_SOLUTIONS"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .block import TransformerBlock
+from .block import FusedLayerNorm, TransformerBlock, check_kernels
 from .embeddings import INIT_STD, InputEmbedding
 from .exercises import exercise
 from .layers import LayerNorm
@@ -46,10 +46,17 @@ class GPTConfig:
         dropout: one dropout probability for embeddings, attention and feed-forward, in ``[0, 1)``.
         bias: whether linear layers and LayerNorms have biases (GPT-2: yes).
         eps: the LayerNorms' ``eps``.
+        kernels: what attention, the LayerNorms and GELU run on. ``"fused"`` (the default):
+            PyTorch's fused kernels (``scaled_dot_product_attention``, ``layer_norm``, ``gelu``),
+            which Chapters 3 and 4 showed compute what your code computes, and faster.
+            ``"course"``: your own ``MultiHeadAttention``, ``LayerNorm`` and ``FeedForward``, for
+            instance to read a block's attention weights (``last_weights``). The parameters, their
+            names and their initial values are the same either way, so a state dict moves between
+            the two.
 
     Raises:
         ValueError: for a non-positive size, ``d_model`` not divisible by ``n_heads``, a dropout
-            outside ``[0, 1)`` or a non-positive ``eps``.
+            outside ``[0, 1)``, a non-positive ``eps`` or ``kernels`` neither ``"fused"`` nor ``"course"``.
     """
 
     vocab_size: int = 50257
@@ -60,6 +67,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     eps: float = 1e-5
+    kernels: str = "fused"
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -74,6 +82,7 @@ class GPTConfig:
             raise ValueError(f"bias must be True or False, got {self.bias!r}")
         if type(self.eps) not in (int, float) or not self.eps > 0:
             raise ValueError(f"eps must be a positive number, got {self.eps!r}")
+        check_kernels(self.kernels)
 
     @classmethod
     def gpt2(cls, size: str = "124M", **overrides) -> GPTConfig:
@@ -98,8 +107,8 @@ class GPT(nn.Module):
         config: the configuration.
         embed: ``InputEmbedding(vocab_size, d_model, context_length, dropout)``.
         blocks: an ``nn.ModuleList`` of ``n_layers`` ``TransformerBlock(d_model, n_heads,
-            dropout=dropout, bias=bias, eps=eps)``.
-        ln_f: the final ``LayerNorm(d_model, eps, bias)``.
+            dropout=dropout, bias=bias, eps=eps, kernels=kernels)``.
+        ln_f: the final ``LayerNorm(d_model, eps, bias)`` (a ``FusedLayerNorm`` with fused kernels).
 
     There is no separate output matrix: the logits are ``ln_f(x) @ embed.token.weight.T``.
 
@@ -119,9 +128,10 @@ class GPT(nn.Module):
         c = config
         self.embed = InputEmbedding(c.vocab_size, c.d_model, c.context_length, c.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, dropout=c.dropout, bias=c.bias, eps=c.eps) for _ in range(c.n_layers)
+            TransformerBlock(c.d_model, c.n_heads, dropout=c.dropout, bias=c.bias, eps=c.eps, kernels=c.kernels)
+            for _ in range(c.n_layers)
         )
-        self.ln_f = LayerNorm(c.d_model, c.eps, c.bias)
+        self.ln_f = (FusedLayerNorm if c.kernels == "fused" else LayerNorm)(c.d_model, c.eps, c.bias)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -175,7 +185,7 @@ class GPT(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, kernels: str = "fused") -> GPT:
         """Load a Hugging Face GPT-2 checkpoint directory (``config.json`` and ``model.safetensors``).
 
         This reads OpenAI's released weights once they are on disk (for instance a download of the
@@ -183,7 +193,7 @@ class GPT(nn.Module):
         ``save_pretrained``. Keys may carry the ``transformer.`` prefix of ``GPT2LMHeadModel`` or
         not (``GPT2Model``); ``lm_head.weight``, if present, must equal the token table (GPT-2 ties
         them). Hugging Face's ``Conv1D`` weights are stored transposed; each block is loaded with
-        :meth:`TransformerBlock.load_hf_gpt2_block`.
+        :meth:`TransformerBlock.load_hf_gpt2_block`. ``kernels`` is the :class:`GPTConfig` field.
 
         Returns:
             A :class:`GPT` in evaluation mode, in ``dtype``.
@@ -207,6 +217,7 @@ class GPT(nn.Module):
                 n_layers=hf["n_layer"],
                 n_heads=hf["n_head"],
                 eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+                kernels=kernels,
             )
         except KeyError as err:
             raise ValueError(f"config.json has no {err.args[0]!r}") from None

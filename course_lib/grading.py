@@ -40,20 +40,32 @@ class ExerciseFailed(AssertionError):
     """Some checks of an exercise failed (raised after all of them ran)."""
 
 
-def visible_check(exercise_id: str):
-    """Register the decorated function as a visible check of ``exercise_id``; its docstring names it."""
+def visible_check(exercise_id: str, *, inputs: bool = False):
+    """Register the decorated function as a visible check of ``exercise_id``; its docstring names it.
+
+    ``inputs=True`` marks a check of input validation (a clear error for bad input): such checks
+    are graded in a cell of their own, so that they carry at most a tenth of the points.
+    """
 
     def register(check):
+        check.inputs = bool(inputs)
         _VISIBLE.setdefault(exercise_id, []).append(check)
         return check
 
     return register
 
 
-def visible_checks(exercise_id: str) -> list[Callable]:
+def visible_checks(exercise_id: str, *, inputs: bool | None = False) -> list[Callable]:
+    """The visible checks of ``exercise_id``: of the idea (default), of input validation
+    (``inputs=True``) or all of them (``inputs=None``), in the order they are written."""
     entry = exercises.get(exercise_id)
     importlib.import_module(f"course_lib.checks.ch{entry.chapter:02d}")
-    return list(_VISIBLE.get(exercise_id, []))
+    return select(_VISIBLE.get(exercise_id, []), inputs)
+
+
+def select(checks: list[Callable], inputs: bool | None) -> list[Callable]:
+    """The checks of the kind asked for: ``inputs=True`` input validation, ``False`` the idea, ``None`` all."""
+    return [check for check in checks if inputs is None or getattr(check, "inputs", False) == inputs]
 
 
 # --------------------------------------------------------------------------------------
@@ -275,18 +287,21 @@ def _name(check: Callable) -> str:
     return doc.splitlines()[0] if doc else check.__name__.replace("_", " ")
 
 
-def run_checks(exercise_id: str, checks: list[Callable] | None = None, *, hidden: bool = False) -> None:
-    """Run the checks of one exercise (default: its visible checks) and report each one.
+def run_checks(
+    exercise_id: str, checks: list[Callable] | None = None, *, hidden: bool = False, inputs: bool = False
+) -> None:
+    """Run the checks of one exercise (default: its visible checks of the idea; with ``inputs=True``,
+    its visible checks of input validation) and report each one.
 
     Raises:
         ExerciseFailed: if any check failed, after all of them ran.
     """
     __tracebackhide__ = True  # IPython: show the learner the failure, not the harness's frames
     entry = exercises.get(exercise_id)
-    checks = visible_checks(exercise_id) if checks is None else list(checks)
+    checks = visible_checks(exercise_id, inputs=inputs) if checks is None else list(checks)
     if not checks:
         raise ValueError(f"Exercise {exercise_id} has no checks to run")
-    kind = "hidden tests" if hidden else "checks"
+    kind = ("hidden " if hidden else "") + ("input checks" if inputs else "tests" if hidden else "checks")
     backend = _backend_factory()
     deadline = None if backend.budget is None else time.monotonic() + backend.budget
     lines, passed = [], 0

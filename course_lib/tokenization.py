@@ -18,7 +18,7 @@ import base64
 import functools
 import gzip
 import hashlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Literal
 from unittest import mock
@@ -89,7 +89,12 @@ def merge_pair(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
 
 
 @exercise("1.3", "Train a byte-level BPE", points=4)
-def train_bpe(text: str, vocab_size: int, pattern: str = GPT4_SPLIT_PATTERN) -> list[Pair]:
+def train_bpe(
+    text: str,
+    vocab_size: int,
+    pattern: str = GPT4_SPLIT_PATTERN,
+    special_tokens: Sequence[str] = (),
+) -> list[Pair]:
     """Learn the byte-pair merges of a byte-level BPE tokenizer with ``vocab_size`` tokens.
 
     1. Split ``text`` with :func:`pretokenize` (``pattern``); merges never cross pieces.
@@ -108,21 +113,39 @@ def train_bpe(text: str, vocab_size: int, pattern: str = GPT4_SPLIT_PATTERN) -> 
     Counting each distinct piece once, weighted by how often it occurs, gives the same
     merges and is much faster on real text.
 
+    Special tokens (``special_tokens``, e.g. ``["<|endoftext|>"]``, the separator of GPT-2's
+    training documents) are tokens of their own, never learned from text:
+
+    - Training never sees them. Before step 1, ``text`` is cut at every occurrence of a special
+      token, found as :meth:`BPETokenizer.encode` finds allowed ones: scanning left to right, and
+      where two start at the same place, the longer wins. The occurrences are dropped and each
+      stretch between them is pre-tokenized on its own, so no merge crosses a special token or
+      uses any of its bytes. A special token that never occurs changes nothing but the count below.
+    - They count towards ``vocab_size``: at most ``vocab_size - 256 - len(special_tokens)`` merges
+      are learned. Their ids come right after the merges: ``special_tokens[k]`` gets id
+      ``256 + len(merges) + k``, which is what ``BPETokenizer.from_merges(merges, special_tokens)``
+      gives it, so that ``encode(..., allowed_special="all")`` and ``decode`` round-trip them.
+
     Args:
         text: the training text.
-        vocab_size: ``int``, at least 256 (256 means no merges).
+        vocab_size: ``int``, at least ``256 + len(special_tokens)`` (that minimum means no merges).
         pattern: the pre-tokenization pattern.
+        special_tokens: a ``list`` or ``tuple`` of distinct, non-empty ``str``; empty by default.
 
     Returns:
         The merges in the order they were learned, as ``list[tuple[int, int]]``: merge ``i``
-        created token ``256 + i``.
+        created token ``256 + i``. Special tokens add no merge.
 
     Raises:
-        ValueError: if ``vocab_size`` is not an ``int`` of at least 256.
+        ValueError: if ``vocab_size`` is not an ``int`` of at least ``256 + len(special_tokens)``;
+            if ``special_tokens`` is not a ``list`` or ``tuple`` (a lone ``str`` included), or holds
+            something other than a ``str``, an empty string, or the same string twice.
 
     Example:
         >>> train_bpe("aaabdaaabac", 259)
         [(97, 97), (97, 98), (256, 257)]
+        >>> train_bpe("aaab<|endoftext|>daaabac", 259, special_tokens=["<|endoftext|>"])
+        [(97, 97), (97, 98)]
     """
     raise NotImplementedError
 
@@ -166,8 +189,9 @@ class BPETokenizer:
     Args:
         ranks: ``dict[bytes, int]`` mapping every token's bytes to its id. It must hold all 256
             single bytes (so any text can be encoded) and its ids must be distinct.
-        special_tokens: ``dict[str, int]`` of special tokens such as ``"<|endoftext|>"``, whose
-            ids must not collide with ``ranks``. They are never produced from ordinary text.
+        special_tokens: ``dict[str, int]`` of special tokens such as ``"<|endoftext|>"``: non-empty
+            strings with distinct ids that must not collide with ``ranks``. They are never produced
+            from ordinary text.
         pattern: the pre-tokenization pattern.
     """
 
@@ -185,6 +209,10 @@ class BPETokenizer:
             )
         if len(set(ranks.values())) != len(ranks):
             raise ValueError("ranks must give every token a distinct id")
+        if "" in special_tokens:
+            raise ValueError("a special token must be a non-empty string")
+        if len(set(special_tokens.values())) != len(special_tokens):
+            raise ValueError("special tokens must have distinct ids")
         clashes = sorted(set(special_tokens.values()) & set(ranks.values()))
         if clashes:
             raise ValueError(f"special-token ids {clashes[:5]} are already used by ordinary tokens")
@@ -200,13 +228,27 @@ class BPETokenizer:
     def from_merges(
         cls,
         merges: Iterable[Pair],
-        special_tokens: dict[str, int] | None = None,
+        special_tokens: dict[str, int] | Sequence[str] | None = None,
         pattern: str = GPT4_SPLIT_PATTERN,
     ) -> BPETokenizer:
         """Build a tokenizer from the merges :func:`train_bpe` returns (merge ``i`` makes id ``256 + i``).
 
-        Should two merges spell the same bytes, the earlier one (lower rank) keeps them.
+        ``special_tokens`` is either a ``dict[str, int]`` (their ids, as for the constructor) or the
+        ``list``/``tuple`` of strings given to :func:`train_bpe`, whose ids then follow the merges:
+        ``special_tokens[k]`` gets ``256 + len(merges) + k``. Should two merges spell the same
+        bytes, the earlier one (lower rank) keeps them.
+
+        Example:
+            >>> tok = BPETokenizer.from_merges(train_bpe(text, 1024, special_tokens=["<|endoftext|>"]),
+            ...                                ["<|endoftext|>"])
+            >>> tok.decode(tok.encode(text, allowed_special="all")) == text
+            True
         """
+        merges = list(merges)
+        if isinstance(special_tokens, (list, tuple)):
+            if len(set(special_tokens)) != len(special_tokens) or not all(isinstance(s, str) for s in special_tokens):
+                raise ValueError(f"special_tokens must be distinct strings, got {special_tokens!r}")
+            special_tokens = {s: 256 + len(merges) + k for k, s in enumerate(special_tokens)}
         vocab = {i: bytes([i]) for i in range(256)}
         ranks = {b: i for i, b in vocab.items()}
         for i, pair in enumerate(merges):
@@ -296,9 +338,83 @@ class BPETokenizer:
         """
         raise NotImplementedError
 
+    def encode_iterable(
+        self,
+        chunks: Iterable[str],
+        allowed_special: Literal["all"] | Collection[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> Iterator[int]:
+        """Encode a stream of text lazily: yield exactly the ids of ``encode("".join(chunks), ...)``.
+
+        ``chunks`` is any iterable of ``str`` (a file opened in text mode yields its lines), read
+        one at a time. A piece of the pre-tokenization, or a special token, can span the boundary
+        between two chunks, and text that is still to come can change how the last pieces are
+        cut (``"12"`` then ``"3"`` is one piece ``"123"``; ``"a "`` then ``"b"`` is ``"a"``, ``" b"``).
+        So the method holds text back and encodes, with :meth:`encode`, only the text before the
+        last *safe cut*: a space (U+0020) that follows a character that is not whitespace, and
+        that no occurrence of a special token (of ``self.special_tokens``, allowed or not) spans.
+        At such a place GPT-2's, GPT-4's and GPT-4o's patterns always end a piece without looking
+        past the space, and the special-token scan can start afresh, so encoding the text on both
+        sides separately gives the same ids as encoding it whole. (For a pattern of your own that
+        joins a character to a following space, the ids may differ.)
+
+        Memory: the text held back runs from the last safe cut to the end of what was read (a
+        special token with a space inside holds back its length more); on prose, about a line.
+        Text without any safe cut is held back whole until the end.
+
+        Args:
+            chunks: an iterable of ``str``.
+            allowed_special, disallowed_special: as for :meth:`encode`.
+
+        Yields:
+            ``int`` token ids, in order.
+
+        Raises:
+            TypeError: for a chunk that is not a ``str``.
+            ValueError: as :meth:`encode` does (an unknown special-token name, at the first
+                ``next``; a disallowed special token, when the text holding it is encoded).
+        """
+        self.encode("", allowed_special, disallowed_special)  # bad arguments fail now, not at the end
+        # Only a special token with a space after its first character can span a cut (a space).
+        spaced = [special for special in self.special_tokens if " " in special[1:]]
+        # Judge a cut at p only once every such token that could span p lies inside the text read so far.
+        margin = max([len(special) - 1 for special in spaced] + [1])
+        pending = ""  # the text not encoded yet
+        judged = 1  # places below this index of `pending` can never be safe cuts
+        for chunk in chunks:
+            if not isinstance(chunk, str):
+                raise TypeError(f"chunks must be strings, got a {type(chunk).__name__}")
+            pending += chunk
+            end = len(pending) + 1 - margin  # candidates lie in [judged, end)
+            cut = _last_safe_cut(pending, judged, end, spaced)
+            judged = max(judged, end)
+            if cut:
+                yield from self.encode(pending[:cut], allowed_special, disallowed_special)
+                pending = pending[cut:]
+                judged = max(judged - cut, 1)
+        yield from self.encode(pending, allowed_special, disallowed_special)
+
     def token_bytes(self, ids: Iterable[int]) -> list[bytes]:
         """The bytes of each token id (no decoding): shows where tokens cut characters apart."""
         return [self.vocab[i] for i in ids]
+
+
+def _last_safe_cut(text: str, start: int, end: int, specials: Sequence[str]) -> int:
+    """The largest safe cut ``p`` with ``start <= p < end`` (see :meth:`BPETokenizer.encode_iterable`), or 0.
+
+    ``specials`` are the special tokens that could span a cut: no occurrence of one may hold ``p``.
+    """
+    if end <= start:  # (a negative end would count from the end of text)
+        return 0
+    p = text.rfind(" ", start, end)
+    while p >= start and p > 0:
+        spanned = any(
+            text.startswith(special, q) for special in specials for q in range(max(0, p - len(special) + 1), p)
+        )
+        if not text[p - 1].isspace() and not spanned:
+            return p
+        p = text.rfind(" ", start, p)
+    return 0
 
 
 def render_token(token: bytes) -> str:
@@ -360,3 +476,71 @@ def o200k_base():
 
     with mock.patch.object(openai_public, "load_tiktoken_bpe", load_shipped_ranks):  # instead of downloading
         return tiktoken.Encoding(**openai_public.o200k_base())
+
+
+#: The number of entries of bert-base-uncased's WordPiece vocabulary (its ``vocab.txt``, and the
+#: ``vocab_size`` of its configuration; Devlin et al. (2019) round it to 30,000). It cannot be
+#: downloaded here; the tests check it against the default of ``transformers.BertConfig``.
+BERT_BASE_UNCASED_VOCAB_SIZE = 30_522
+
+
+def train_wordpiece(text: str, vocab_size: int):
+    """A WordPiece tokenizer trained on ``text``, built like bert-base-uncased's with Hugging Face ``tokenizers``.
+
+    The pipeline is BERT's uncased one: its normaliser (lower case, accents stripped, control
+    characters dropped, spaces put around CJK characters), its pre-tokenizer (words are cut at
+    whitespace and at every punctuation character, and whitespace is dropped) and a WordPiece
+    model: a piece that continues a word carries the prefix ``##``, and a word that the
+    vocabulary cannot spell becomes ``[UNK]``. The vocabulary is learned by
+    ``tokenizers.trainers.WordPieceTrainer``.
+
+    Training twice gives the same tokenizer. (Left alone, the trainer does not: it breaks ties
+    between equally frequent pairs by their ids, and it numbers the ``##`` form of a character
+    in the order it meets words, which changes from run to run. So the ``##`` form of every
+    character of the normalised text is registered up front, in code-point order, and the
+    tokenizer is then rebuilt from the learned vocabulary alone.)
+
+    Args:
+        text: the training text.
+        vocab_size: ``int``, the most entries: ``[UNK]``, every character alone and with ``##``,
+            and the learned pieces. Training stops earlier once every word of ``text`` is one token.
+
+    Returns:
+        A ``tokenizers.Tokenizer``: ``.encode(s).tokens`` (the pieces), ``.encode(s).ids``,
+        ``.decode(ids)`` (words joined by spaces, ``##`` pieces glued on), ``.get_vocab_size()``.
+
+    Raises:
+        ValueError: if ``text`` is not a ``str`` or ``vocab_size`` is not a positive ``int``.
+
+    Example:
+        >>> wp = train_wordpiece(load_shakespeare(["hamlet"]), 3000)
+        >>> wp.encode("Unsex me here").tokens
+        ['unse', '##x', 'me', 'here']
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    if type(vocab_size) is not int or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+
+    def pipeline(model):
+        tokenizer = Tokenizer(model)
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+        return tokenizer
+
+    unk = "[UNK]"
+    # The characters the trainer will see: normalising each distinct character is enough (and fast).
+    chars = sorted(set(pipeline(models.WordPiece(unk_token=unk)).normalizer.normalize_str(" ".join(set(text)))))
+    continuations = ["##" + c for c in chars if not c.isspace()]
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=[unk, *continuations], show_progress=False
+    )
+    learner = pipeline(models.WordPiece(unk_token=unk))
+    lines = text.splitlines()
+    # Blocks of lines: few enough calls for speed, enough of them for the trainer's threads.
+    learner.train_from_iterator(("\n".join(lines[i : i + 2000]) for i in range(0, len(lines), 2000)), trainer=trainer)
+    # Rebuilt from the vocabulary alone: the ## forms are ordinary pieces, not special tokens.
+    return pipeline(models.WordPiece(learner.get_vocab(), unk_token=unk))

@@ -5,7 +5,11 @@ next. The *cross-entropy loss* is the average of ``-log p(correct next token)`` 
 an optimizer nudges every parameter to lower it. A model that knows nothing (uniform guesses over
 ``V`` tokens) scores ``ln V``; a perfect one scores 0.
 
-Exercises in this module: 5.3 :func:`cross_entropy_loss`, 5.4 :func:`train_step`.
+Two safeguards keep the steps stable: a learning rate that warms up, then decays along a cosine
+(:func:`lr_at`), and gradients clipped to a maximum global norm (:func:`clip_grad_norm`).
+
+Exercises in this module: 5.3 :func:`cross_entropy_loss`, 5.4 :func:`train_step`, 5.8 :func:`lr_at`,
+5.9 :func:`clip_grad_norm`.
 
 The longer training run of the chapter is a command::
 
@@ -73,7 +77,7 @@ def train_step(
        (your Exercise 5.3).
     3. Backward: ``loss.backward()``.
     4. If ``max_grad_norm`` is not ``None``, rescale the gradients so that their global norm is at
-       most ``max_grad_norm``: ``torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)``.
+       most ``max_grad_norm`` with your Exercise 5.9: ``clip_grad_norm(model.parameters(), max_grad_norm)``.
     5. ``optimizer.step()``.
 
     Leave the model's mode (training or evaluation) as the caller set it.
@@ -99,6 +103,94 @@ def train_step(
         >>> first = train_step(model, opt, x, y)
         >>> type(first)
         <class 'float'>
+    """
+    raise NotImplementedError
+
+
+@exercise("5.8", "Warm-up and cosine decay of the learning rate", points=2)
+def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
+    """The learning rate of optimizer step ``step`` (counted from 0) of a run of ``total_steps``
+    steps: a linear warm-up to ``max_lr``, then a cosine decay to ``min_lr``.
+
+    With ``W = warmup_steps`` and ``T = total_steps``:
+
+    - **warm-up**, ``0 <= step < W``: ``max_lr * (step + 1) / W``, rising in equal increments from
+      ``max_lr / W`` at step 0 (no step is spent at a learning rate of 0) to ``max_lr`` at step
+      ``W - 1``;
+    - **decay**, ``W <= step <= T``: with the progress ``p = (step - W) / (T - W)``, which goes
+      from 0 to 1, ``min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2``: ``max_lr`` at step
+      ``W``, then down to exactly ``min_lr`` at step ``T``, the step after the last one
+      (the last step, ``T - 1``, is a little above ``min_lr``);
+    - **after the run**, ``step > T``: ``min_lr`` (the cosine is not continued: it would rise again).
+
+    ``W = 0`` means no warm-up (step 0 is at ``max_lr``); ``min_lr == max_lr`` keeps the rate at
+    ``max_lr`` after the warm-up. These are the learning rates that PyTorch's schedulers, stepped
+    once after each optimizer step, give for steps ``0 .. T - 1``: for ``W >= 2``, ``SequentialLR``
+    of ``LinearLR(start_factor=1 / W, total_iters=W - 1)`` and
+    ``CosineAnnealingLR(T_max=T - W, eta_min=min_lr)`` with ``milestones=[W]``; for ``W = 0``, the
+    ``CosineAnnealingLR(T_max=T, eta_min=min_lr)`` alone.
+
+    Args:
+        step: the number of optimizer steps taken before this one, an ``int`` ``>= 0`` (any
+            size: steps past ``T`` are allowed).
+        max_lr: the peak learning rate, a positive number (``int`` or ``float``).
+        warmup_steps: ``W``, an ``int`` with ``0 <= W < T``.
+        total_steps: ``T``, an ``int``: the length of the run.
+        min_lr: the final learning rate, a number with ``0 <= min_lr <= max_lr``.
+
+    Returns:
+        The learning rate, a Python ``float`` (also when every argument is an ``int``).
+
+    Raises:
+        ValueError: if an argument breaks the rules above (``bool`` is not an ``int``, and a
+            ``float`` step or step count is refused).
+
+    Example:
+        >>> [round(lr_at(s, 1.0, 2, 6, 0.1), 3) for s in range(8)]
+        [0.5, 1.0, 1.0, 0.868, 0.55, 0.232, 0.1, 0.1]
+    """
+    raise NotImplementedError
+
+
+@exercise("5.9", "Clip the gradients by their global norm", points=3)
+def clip_grad_norm(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients of ``parameters`` in place so that their global L2 norm is at most
+    ``max_norm``, and return the global norm they had before.
+
+    The *global* norm treats all the gradients as one long vector: it is the L2 norm of the
+    per-parameter norms, ``sqrt(sum of ||p.grad||^2)``. Every gradient is multiplied in place by
+    the same factor ``min(1, max_norm / (total_norm + 1e-6))``, so a gradient whose norm is above
+    ``max_norm`` keeps its direction and is brought down to about ``max_norm``, and one below
+    it is left as it is (a factor of 1; the ``1e-6`` avoids a division by zero).
+
+    - ``parameters`` is a single tensor or an iterable of tensors: a list, or a generator such as
+      ``model.parameters()``, which can be gone through only once.
+    - A parameter whose ``.grad`` is ``None`` is skipped. When no parameter has a gradient,
+      nothing changes and the result is ``torch.tensor(0.0)``.
+    - Gradients keep their dtypes. The norm is computed in the gradients' dtype: float32
+      gradients give a float32 norm, and float32 mixed with float64 gives float64 (PyTorch's type
+      promotion).
+
+    The numbers are those of ``torch.nn.utils.clip_grad_norm_(parameters, max_norm)``; do not call
+    it (nor ``get_total_norm`` or ``clip_grads_with_norm_`` from ``torch.nn.utils``): the checks
+    compare with it.
+
+    Args:
+        parameters: the tensors (usually ``nn.Parameter`` s) whose ``.grad`` to clip.
+        max_norm: the largest global norm allowed, a positive number (``int`` or ``float``).
+
+    Returns:
+        The global norm of the gradients before clipping, a 0-dimensional tensor.
+
+    Raises:
+        ValueError: if ``max_norm`` is not a positive number (``True`` is not one).
+
+    Example:
+        >>> w = torch.zeros(2, requires_grad=True); w.grad = torch.tensor([3.0, 4.0])
+        >>> clip_grad_norm([w], 1.0)  # the norm before
+        tensor(5.)
+        >>> w.grad  # now of norm 1 (up to the 1e-6)
+        tensor([0.6000, 0.8000])
     """
     raise NotImplementedError
 
@@ -152,17 +244,24 @@ def train(
     eval_batches: int = 4,
     max_grad_norm: float | None = 1.0,
     weight_decay: float = 0.1,
+    warmup_steps: int | None = None,
+    min_lr: float | None = None,
 ) -> dict[str, list]:
     """Train ``model`` on random windows of the 1-D token tensor ``ids`` for ``steps`` steps of
-    :func:`train_step` with :func:`make_optimizer` (AdamW, constant learning rate, gradient
-    clipping at ``max_grad_norm``).
+    :func:`train_step` with :func:`make_optimizer` (AdamW) and gradient clipping at
+    ``max_grad_norm`` (:func:`clip_grad_norm`; ``None``: no clipping).
+
+    The learning rate follows :func:`lr_at`: a linear warm-up over ``warmup_steps`` steps (default
+    ``steps // 20``) to ``lr``, then a cosine decay to ``min_lr`` (default ``lr / 10``, as in
+    GPT-3) at the end of the run. ``warmup_steps=0, min_lr=lr`` gives a constant learning rate.
 
     Batches come from :func:`course_lib.data.get_batch` with a generator seeded by ``seed``, so a
     run is reproducible. With ``val_ids``, the held-out loss is measured with :func:`evaluate` on
     ``eval_batches`` fixed batches every ``eval_every`` steps and after the last step.
 
     Returns:
-        ``{"train": [loss of each step], "val_step": [steps measured], "val": [held-out losses]}``.
+        ``{"train": [loss of each step], "lr": [learning rate of each step], "val_step": [steps
+        measured], "val": [held-out losses]}``.
     """
     from tqdm import tqdm  # the plain text bar: it shows in a terminal and in a notebook alike
 
@@ -172,6 +271,9 @@ def train(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if type(eval_every) is not int or eval_every < 1:
         raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
+    warmup_steps = steps // 20 if warmup_steps is None else warmup_steps
+    min_lr = lr / 10 if min_lr is None else min_lr
+    lr_at(0, lr, warmup_steps, steps, min_lr)  # a bad schedule fails here, before any work
     dev = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     val = []
@@ -180,11 +282,15 @@ def train(
         val = [get_batch(val_ids, batch_size, context_length, val_gen) for _ in range(eval_batches)]
         val = [(x.to(dev), y.to(dev)) for x, y in val]
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
-    history: dict[str, list] = {"train": [], "val_step": [], "val": []}
+    history: dict[str, list] = {"train": [], "lr": [], "val_step": [], "val": []}
     model.train()
     bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=1.0)
     for step in bar:
+        rate = lr_at(step - 1, lr, warmup_steps, steps, min_lr)  # step counts from 1, lr_at from 0
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         x, y = get_batch(ids, batch_size, context_length, generator)
+        history["lr"].append(rate)
         history["train"].append(train_step(model, optimizer, x.to(dev), y.to(dev), max_grad_norm=max_grad_norm))
         if val and (step % eval_every == 0 or step == steps):
             history["val_step"].append(step)
@@ -217,7 +323,9 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     parser.add_argument("--n-heads", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="the peak learning rate, after the warm-up")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="default: a twentieth of the steps")
+    parser.add_argument("--min-lr", type=float, default=None, help="the final learning rate; default: lr / 10")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="save the trained weights (a state dict) here")
     args = parser.parse_args(argv)
@@ -246,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         seed=args.seed,
         val_ids=ids[split:],
         eval_every=max(1, args.steps // 20),
+        warmup_steps=args.warmup_steps,
+        min_lr=args.min_lr,
     )
     print(
         f"train loss {history['train'][-1]:.3f}, held-out loss {history['val'][-1]:.3f} "

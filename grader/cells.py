@@ -21,6 +21,7 @@ from course_lib import exercises
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import re
@@ -32,7 +33,11 @@ import nbformat
 COMMAND = "python -m grader.cells"
 VISIBLE = re.compile(r"""\brun_checks\(\s*["'](\d+\.\d+)["']\s*\)""")
 HIDDEN = re.compile(r"""\brun_hidden\(\s*["'](\d+\.\d+)["']\s*\)""")
+INPUTS = re.compile(r"""\brun_(?:checks|hidden)\(\s*["'](\d+\.\d+)["']\s*,\s*inputs\s*=\s*True\s*\)""")
 VISIBLE_POINTS = 1
+#: The share of an exercise's points that its input checks carry (clear errors for bad input):
+#: points reward the idea, so a chapter's input checks are worth at most a tenth of it.
+INPUT_SHARE = 0.1
 
 
 def visible_source(entry: exercises.Exercise) -> str:
@@ -49,6 +54,32 @@ def hidden_source(entry: exercises.Exercise) -> str:
         f'run_hidden("{entry.id}")\n'
         "### END HIDDEN TESTS"
     )
+
+
+def input_points(entry: exercises.Exercise) -> float:
+    """What the input checks of ``entry`` are worth, when it has any."""
+    return round(entry.points * INPUT_SHARE, 1)
+
+
+def has_input_checks(entry: exercises.Exercise) -> tuple[bool, bool]:
+    """Whether ``entry`` has visible input checks, and whether it has hidden ones."""
+    from course_lib.grading import visible_checks
+
+    from hidden import hidden_tests
+
+    return bool(visible_checks(entry.id, inputs=True)), bool(hidden_tests(entry.id, inputs=True))
+
+
+def inputs_source(entry: exercises.Exercise) -> str:
+    """The input-checks cell: the visible ones run in the learner's notebook, the hidden ones in the grader."""
+    visible, hidden = has_input_checks(entry)
+    lines = [f"# Exercise {entry.id} — input checks: clear errors for bad input (a tenth of the exercise's points)"]
+    if visible:
+        lines += ["from course_lib.grading import run_checks", "", f'run_checks("{entry.id}", inputs=True)']
+    if hidden:
+        call = f'run_hidden("{entry.id}", inputs=True)'
+        lines += ["### BEGIN HIDDEN TESTS", "from hidden import run_hidden", "", call, "### END HIDDEN TESTS"]
+    return "\n".join(lines)
 
 
 def _grade_metadata(grade_id: str, points: int) -> dict:
@@ -76,9 +107,26 @@ def derive(nb, chapter: int) -> list[str]:
     entries = {e.id: e for e in exercises.chapter_exercises(chapter)}
     if any(entry.points <= VISIBLE_POINTS for entry in entries.values()):
         problems += [f"Exercise {e.id} needs at least 2 points (1 visible)" for e in entries.values() if e.points < 2]
+    with_inputs = {key for key, entry in entries.items() if any(has_input_checks(entry))}
+    # The input cells are derived, not written: take them all out, then put one after each hidden cell
+    # that needs it (the cell that was there, if any, so its id and outputs stay).
+    existing = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and INPUTS.search(cell.source):
+            existing.setdefault(INPUTS.search(cell.source).group(1), cell)
+    nb.cells = [cell for cell in nb.cells if not (cell.cell_type == "code" and INPUTS.search(cell.source))]
+    for index in reversed(range(len(nb.cells))):
+        found = HIDDEN.findall(nb.cells[index].source) if nb.cells[index].cell_type == "code" else []
+        if len(found) == 1 and found[0] in with_inputs:
+            entry = entries[found[0]]
+            cell = existing.get(entry.id) or nbformat.v4.new_code_cell()
+            cell.source = inputs_source(entry)
+            cell.metadata["nbgrader"] = _grade_metadata(f"ex{chapter}_{entry.number}_inputs", input_points(entry))
+            cell.metadata["tags"] = ["remove-cell"]  # the book's reader needs the idea; the learner runs these
+            nb.cells.insert(index + 1, cell)
     seen: dict[tuple[str, str], int] = {}
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
+        if cell.cell_type != "code" or INPUTS.search(cell.source):
             continue
         for kind, pattern in (("visible", VISIBLE), ("hidden", HIDDEN)):
             ids = pattern.findall(cell.source)
@@ -102,13 +150,14 @@ def derive(nb, chapter: int) -> list[str]:
                 tags = [tag for tag in cell.metadata.get("tags", []) if tag != "remove-cell"]
             else:
                 cell.source = hidden_source(entry)
-                cell.metadata["nbgrader"] = _grade_metadata(key, entry.points - VISIBLE_POINTS)
+                inputs = input_points(entry) if entry.id in with_inputs else 0
+                cell.metadata["nbgrader"] = _grade_metadata(key, round(entry.points - VISIBLE_POINTS - inputs, 1))
                 tags = sorted({*cell.metadata.get("tags", []), "remove-cell"})
             if tags:
                 cell.metadata["tags"] = tags
             else:
                 cell.metadata.pop("tags", None)
-        if "nbgrader" in cell.metadata and not (VISIBLE.search(cell.source) or HIDDEN.search(cell.source)):
+        if "nbgrader" in cell.metadata and not any(p.search(cell.source) for p in (VISIBLE, HIDDEN, INPUTS)):
             problems.append(f"cell {index} has nbgrader metadata but runs no exercise's checks")
     for entry in entries.values():
         for kind, call in (("visible", "run_checks"), ("hidden", "run_hidden")):
@@ -126,17 +175,27 @@ def refresh_outputs(nb) -> list[str]:
     os.environ[exercises.SOLUTIONS_ENV] = "1"
     problems = []
     for cell in nb.cells:
-        for pattern, run in ((VISIBLE, run_checks), (HIDDEN, run_hidden)):
-            found = pattern.search(cell.source) if cell.cell_type == "code" else None
-            if not found:
-                continue
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
+        if cell.cell_type != "code":
+            continue
+        if INPUTS.search(cell.source):
+            exercise_id = INPUTS.search(cell.source).group(1)
+            visible, hidden = has_input_checks(exercises.get(exercise_id))
+            runs = [run for run, there in ((run_checks, visible), (run_hidden, hidden)) if there]
+            calls = [functools.partial(run, exercise_id, inputs=True) for run in runs]
+        else:
+            found = [(VISIBLE.search(cell.source), run_checks), (HIDDEN.search(cell.source), run_hidden)]
+            calls = [functools.partial(run, match.group(1)) for match, run in found if match]
+        if not calls:
+            continue
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            for call in calls:
                 try:
-                    run(found.group(1))
+                    call()
                 except ExerciseFailed as err:
                     problems.append(f"the references fail: {err}")
-            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
+        cell.execution_count = cell.execution_count or 1  # nbval compares only cells that have run
     return problems
 
 

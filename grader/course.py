@@ -374,6 +374,9 @@ def _mark_csv(root: Path, path: Path, failed: dict[str, list[str]]) -> None:
         else:
             submitted = (root / "submitted" / row["student_id"] / row["assignment"]).is_dir()
             row["status"] = "graded" if submitted else "not submitted"
+        for key in ("raw_score", "score", "max_score"):  # input checks carry tenths: 16.999999999999996 -> 17.0
+            if row.get(key):
+                row[key] = str(round(float(row[key]), 2))
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

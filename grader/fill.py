@@ -1,9 +1,10 @@
 """Write the reference bodies into a learner's exercise file, as a learner who solved everything would.
 
 ``fill_module(stub_source, solution_source)`` replaces the body of every ``@exercise`` function or
-method in a ``course_lib`` module with the body of the same-named reference in ``solutions/``
-(keeping the docstring), and adds the reference module's imports. The tests use it to prove
-that a fully solved release earns full marks.
+method in a ``course_lib`` module (or of those named in ``only``) with the body of the same-named
+reference in ``solutions/`` (keeping the docstring), and adds the reference module's imports. The
+tests use it to prove that a fully solved release earns full marks; the judge uses it to complete
+earlier chapters' exercises, so that a chapter's grade never depends on them.
 
     python -m grader.fill course_lib/tokenization.py solutions/tokenization.py > solved.py
 """
@@ -56,12 +57,15 @@ def _body_lines(node: ast.FunctionDef, lines: list[str]) -> tuple[int, int]:
     return start, node.end_lineno
 
 
-def fill_module(stub_source: str, solution_source: str) -> str:
+def fill_module(stub_source: str, solution_source: str, only: set[str] | None = None) -> str:
+    """``stub_source`` with the reference body of every exercise in it (of those named in ``only``)."""
     stub_tree, solution_tree = ast.parse(stub_source), ast.parse(solution_source)
     lines = stub_source.splitlines(keepends=True)
     solution_lines = solution_source.splitlines(keepends=True)
     edits = []
     for qualname, node in _exercise_functions(stub_tree):
+        if only is not None and qualname not in only:
+            continue
         reference = _find(solution_tree, qualname)
         ref_start, ref_end = _body_lines(reference, solution_lines)
         body = textwrap.dedent("".join(solution_lines[ref_start:ref_end]))

@@ -38,32 +38,36 @@ def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
 
     - the submission's file, if the module holds exercises of ``chapter`` (a missing, linked or
       non-regular file is skipped: the stub stays, and its exercises score nothing);
-    - the references filled in, if all its exercises belong to earlier chapters: a chapter's
-      grading never depends on how the learner did before (Chapter 5's GPT gets working blocks);
-    - the stubs otherwise.
+    - the stubs otherwise;
+    - and in either, the references filled in for the exercises of earlier chapters: a chapter's
+      grading never depends on how the learner did before (Chapter 5's GPT gets working blocks,
+      and Chapter 6's RMSNorm is graded beside a finished LayerNorm in the same file).
 
     Returns the files taken from the submission.
     """
     shutil.copytree(
         exercises.package_root() / "course_lib", into / "course_lib", ignore=shutil.ignore_patterns("__pycache__")
     )
-    by_file: dict[str, set[int]] = {}
+    by_file: dict[str, list[exercises.Exercise]] = {}
     for entry in exercises.all_exercises():
-        by_file.setdefault(entry.path, set()).add(entry.chapter)
+        by_file.setdefault(entry.path, []).append(entry)
     taken = []
-    for path, chapters in sorted(by_file.items()):
+    for path, entries in sorted(by_file.items()):
         learner_file = submission / path
-        if chapter in chapters:
+        if chapter in {entry.chapter for entry in entries}:
             # Through no link, at any depth: a link could lead to the instructor's files.
             if not learner_file.is_file() or learner_file.resolve() != submission.resolve() / path:
                 continue
             shutil.copyfile(learner_file, into / path, follow_symlinks=False)
             taken.append(path)
-        elif max(chapters) < chapter:
+        earlier = {entry.qualname for entry in entries if entry.chapter < chapter}
+        if earlier:
             module = Path(path).stem
-            stub = (into / path).read_text(encoding="utf-8")
+            source = (into / path).read_text(encoding="utf-8", errors="replace")
             solution = (exercises.package_root() / "solutions" / f"{module}.py").read_text(encoding="utf-8")
-            (into / path).write_text(fill_module(stub, solution), encoding="utf-8")
+            # A learner's file that does not parse (or is otherwise odd) fails its own exercises, as it is.
+            with contextlib.suppress(Exception):
+                (into / path).write_text(fill_module(source, solution, only=earlier), encoding="utf-8")
     return taken
 
 

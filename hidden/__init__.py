@@ -9,7 +9,7 @@ grader's judge runs that cell against the learner's code in the sandbox.
 from __future__ import annotations
 
 from course_lib import exercises
-from course_lib.grading import run_checks
+from course_lib.grading import run_checks, select
 
 import importlib
 from collections.abc import Callable
@@ -17,10 +17,14 @@ from collections.abc import Callable
 _TESTS: dict[str, list[Callable]] = {}
 
 
-def hidden_test(exercise_id: str):
-    """Register the decorated function as a hidden test of ``exercise_id``; its docstring names it."""
+def hidden_test(exercise_id: str, *, inputs: bool = False):
+    """Register the decorated function as a hidden test of ``exercise_id``; its docstring names it.
+
+    ``inputs=True`` marks a test of input validation, graded apart (see ``grading.visible_check``).
+    """
 
     def register(test: Callable) -> Callable:
+        test.inputs = bool(inputs)
         tests = _TESTS.setdefault(exercise_id, [])
         if test.__name__ in {known.__name__ for known in tests}:
             raise ValueError(f"Exercise {exercise_id} has two hidden tests named {test.__name__}")
@@ -30,14 +34,16 @@ def hidden_test(exercise_id: str):
     return register
 
 
-def hidden_tests(exercise_id: str) -> list[Callable]:
-    """The hidden tests of ``exercise_id``, in the order they are written."""
+def hidden_tests(exercise_id: str, *, inputs: bool | None = False) -> list[Callable]:
+    """The hidden tests of ``exercise_id`` in the order they are written: of the idea (default), of
+    input validation (``inputs=True``) or all of them (``inputs=None``)."""
     entry = exercises.get(exercise_id)
     importlib.import_module(f"hidden.ch{entry.chapter:02d}")
-    return list(_TESTS.get(exercise_id, []))
+    return select(_TESTS.get(exercise_id, []), inputs)
 
 
-def run_hidden(exercise_id: str) -> None:
-    """Run the hidden tests of ``exercise_id`` and report each one (what a notebook's hidden cell calls)."""
+def run_hidden(exercise_id: str, *, inputs: bool = False) -> None:
+    """Run the hidden tests of ``exercise_id`` (with ``inputs=True``, its hidden input checks) and
+    report each one (what a notebook's hidden and input cells call)."""
     __tracebackhide__ = True
-    run_checks(exercise_id, hidden_tests(exercise_id), hidden=True)
+    run_checks(exercise_id, hidden_tests(exercise_id, inputs=inputs), hidden=True, inputs=inputs)

@@ -172,12 +172,85 @@ def pattern_and_early_stop(t):
     t.equal(lib.train_bpe("aaaa aaaa", 1000), ref.train_bpe("aaaa aaaa", 1000), "early stop")
 
 
-@hidden_test("1.3")
+@hidden_test("1.3", inputs=True)
 def rejects_bad_sizes(t):
     """a vocab_size that is too small or not an int raises ValueError"""
     lib = t.learner("tokenization")
     for bad in [0, -5, 255, 300.0, "300"]:
         t.raises(ValueError, lib.train_bpe, "hello", bad)
+
+
+EOT = "<|endoftext|>"
+
+
+def _same_merges(t, text, vocab_size, *special_lists):
+    """The learner's merges are the reference's, for each list of special tokens."""
+    lib, ref = t.learner("tokenization"), t.reference("tokenization")
+    for specials in special_lists:
+        mine, theirs = (m.train_bpe(text, vocab_size, special_tokens=specials) for m in (lib, ref))
+        t.equal(mine, theirs, f"special tokens {specials}, vocab_size {vocab_size}")
+
+
+@hidden_test("1.3")
+def documents_separated_by_endoftext(t):
+    """Shakespeare scenes separated by <|endoftext|>: the special token is never learned"""
+    text = EOT.join(load_shakespeare(["the-tempest"])[i : i + 600] for i in range(0, 6000, 600))
+    _same_merges(t, text, 300, [EOT])
+
+
+@hidden_test("1.3")
+def stretches_are_pretokenized_apart(t):
+    """the text on either side of a special token is pre-tokenized on its own, without a stand-in"""
+    for text in [f"hello{EOT}world" * 8, f"ab{EOT}{EOT}cd {EOT} ef{EOT}"]:
+        _same_merges(t, text, 280, [EOT])
+
+
+@hidden_test("1.3")
+def special_tokens_are_plain_strings(t):
+    """special tokens made of regex symbols ('|', '.', '+', '[') cut only where they occur as written"""
+    text = f"KING: MASK, SKA. <b>endoftext</b> aab axb a+b a.b [MASK]{EOT}|| " * 8
+    _same_merges(t, text, 290, [EOT, "[MASK]", "a.b", "a+b"])
+
+
+@hidden_test("1.3")
+def special_tokens_count_towards_vocab_size(t):
+    """every special token takes one of the vocab_size ids, whether it occurs or not"""
+    text = load_shakespeare(["macbeth"])[:3000] + EOT + "<pad>"
+    for vocab_size in (259, 260, 275):
+        _same_merges(t, text, vocab_size, [EOT, "<pad>", "<|never_seen|>"])
+
+
+@hidden_test("1.3")
+def the_longer_special_token_wins(t):
+    """where two special tokens start at the same place, the longer one cuts, in whatever order they are listed"""
+    _same_merges(t, "x<a>bcd y<a>bcd <a>z " * 6, 280, ["<a>", "<a>bc"], ["<a>bc", "<a>"])
+
+
+@hidden_test("1.3")
+def the_leftmost_special_token_wins(t):
+    """overlapping special tokens: the one that starts first cuts, even if a longer one starts later"""
+    _same_merges(t, "x<a>bcd qx<a>bcd x<a> <a>bc " * 6, 280, ["<a>bc", "x<a>"], ["x<a>", "<a>bc"])
+
+
+@hidden_test("1.3")
+def special_tokens_as_a_tuple_with_a_pattern(t):
+    """special tokens given as a tuple, after a pattern given by position"""
+    lib, ref = t.learner("tokenization"), t.reference("tokenization")
+    text = f"It's 12345{EOT}and 12345! Isn't it?{EOT}[MASK] " * 10
+    specials = (EOT, "[MASK]")
+    t.equal(
+        lib.train_bpe(text, 290, ref.GPT2_SPLIT_PATTERN, specials),
+        ref.train_bpe(text, 290, ref.GPT2_SPLIT_PATTERN, specials),
+    )
+
+
+@hidden_test("1.3", inputs=True)
+def rejects_bad_special_tokens(t):
+    """special tokens that are empty, repeated, not strings or not in a list or tuple, or no room for them, raise"""
+    lib = t.learner("tokenization")
+    for bad in ([EOT, ""], (EOT, EOT), [b"<s>"], [None], "<s>", {"<s>"}, None):
+        t.raises(ValueError, lib.train_bpe, "hello", 300, special_tokens=bad)
+    t.raises(ValueError, lib.train_bpe, "hello", 257, special_tokens=[EOT, "<pad>"])
 
 
 # -- 1.4 bpe_encode_piece -----------------------------------------------------------------------------
@@ -423,25 +496,32 @@ def trained_tokenizer_with_specials(t):
         t.equal(mine.decode(ids), theirs.decode(ids), "random ids")
 
 
-@hidden_test("1.6")
+@hidden_test("1.6", inputs=True)
 def rejects_unknown_ids(t):
-    """ids outside the vocabulary raise ValueError; no ids give an empty string"""
+    """ids outside the vocabulary raise ValueError, whose message names the id"""
     lib = t.learner("tokenization")
     tok = lib.BPETokenizer.from_tiktoken(lib.cl100k_base())
     t.raises(ValueError, tok.decode, [100256])  # a gap between the ordinary and the special ids
     t.raises(ValueError, tok.decode, [1, 2, 10**6])
     t.raises(ValueError, tok.decode, [-1])
+    message = t.raises(ValueError, tok.decode, (31373, 100256, 995))
+    t.true("100256" in message, "the message should name the id that is not in the vocabulary")
+
+
+@hidden_test("1.6")
+def no_ids_decode_to_an_empty_string(t):
+    """no ids give an empty string"""
+    lib = t.learner("tokenization")
+    tok = lib.BPETokenizer.from_tiktoken(lib.cl100k_base())
     t.equal(tok.decode([]), "")
 
 
 @hidden_test("1.6")
 def tuples_and_other_character_classes(t):
-    """a tuple of ids, text with combining marks, joined emoji and rare whitespace; the error names the id"""
+    """a tuple of ids, text with combining marks, joined emoji and rare whitespace"""
     lib = t.learner("tokenization")
     tok, enc = lib.BPETokenizer.from_tiktoken(lib.cl100k_base()), cl100k_base()
     text = "cafe\u0301 👨\u200d👩\u200d👧 ٣٤٥ ＦＵＬＬ a\u2028b\u3000c\x0b\x00 <|endoftext|>"
     ids = enc.encode(text, allowed_special="all")
     t.equal(tok.decode(tuple(ids)), text, "a tuple of ids")
     t.equal(tok.decode(ids), text, "a list of ids")
-    message = t.raises(ValueError, tok.decode, (31373, 100256, 995))
-    t.true("100256" in message, "the message should name the id that is not in the vocabulary")

@@ -77,7 +77,7 @@ def each_token_on_its_own(t):
     t.close(mine(1000.0 * x), y, atol=1e-6, rtol=1e-6, what="large inputs")
 
 
-@hidden_test("4.1")
+@hidden_test("4.1", inputs=True)
 def rejects_bad_inputs(t):
     """ValueError for a wrong last dimension, a 0-d tensor, a transposed input"""
     lib = t.learner("layers")
@@ -86,7 +86,7 @@ def rejects_bad_inputs(t):
         t.raises(ValueError, ln, bad)
 
 
-@hidden_test("4.1")
+@hidden_test("4.1", inputs=True)
 def rejections_name_both_sizes(t):
     """a wrong width raises ValueError naming d_model and the width given; a list is refused too"""
     lib = t.learner("layers")
@@ -141,7 +141,7 @@ def the_two_forms_differ(t):
     t.true(gap > 1e-5, "gelu(x, 'tanh') must be the tanh approximation, not the exact form")
 
 
-@hidden_test("4.2")
+@hidden_test("4.2", inputs=True)
 def rejects_unknown_forms(t):
     """ValueError for 'erf', 'Tanh', 'approximate' and 1"""
     lib = t.learner("layers")
@@ -160,7 +160,7 @@ def differentiable_with_respect_to_x(t):
         t.close(out, F.gelu(x.detach(), approximate=form), atol=1e-6, rtol=1e-6, what=form)
 
 
-@hidden_test("4.2")
+@hidden_test("4.2", inputs=True)
 def rejects_what_is_not_floating_point(t):
     """integer, bool and list inputs raise ValueError; a bad form's message lists 'none' and 'tanh'"""
     lib = t.learner("layers")
@@ -228,7 +228,7 @@ def dropout_on_the_output_only_in_training(t):
     t.close(dropped[kept], (y / 0.75)[kept], atol=1e-6, rtol=1e-6, what="kept outputs in training mode")
 
 
-@hidden_test("4.3")
+@hidden_test("4.3", inputs=True)
 def rejects_a_wrong_last_dimension(t):
     """ValueError for a wrong last dimension"""
     lib = t.learner("layers")
@@ -237,7 +237,7 @@ def rejects_a_wrong_last_dimension(t):
         t.raises(ValueError, ffn, bad)
 
 
-@hidden_test("4.3")
+@hidden_test("4.3", inputs=True)
 def feed_forward_rejections_name_both_sizes(t):
     """a wrong width raises ValueError naming d_model and the width given; a list is refused too"""
     lib = t.learner("layers")
@@ -317,8 +317,8 @@ def dropout_in_training_only(t):
 
 
 @hidden_test("4.4")
-def float32_and_bad_inputs(t):
-    """float32 in, float32 out; ValueError for 2-D, 4-D and wrong-width inputs"""
+def float32_in_float32_out(t):
+    """float32 in, float32 out"""
     lib, ref = t.learner("block"), t.reference("block")
     torch.manual_seed(1600)
     expected = ref.TransformerBlock(8, 2).eval()
@@ -329,6 +329,12 @@ def float32_and_bad_inputs(t):
     with torch.no_grad():
         y = expected(x)
     t.close(mine(x), y, atol=1e-5, rtol=1e-4, what="float32")
+
+
+@hidden_test("4.4", inputs=True)
+def block_rejects_bad_inputs(t):
+    """ValueError for 2-D, 4-D and wrong-width inputs"""
+    mine = t.learner("block").TransformerBlock(8, 2)
     for bad in (torch.zeros(5, 8), torch.zeros(1, 2, 5, 8), torch.zeros(2, 5, 6)):
         t.raises(ValueError, mine, bad)
 

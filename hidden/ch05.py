@@ -105,7 +105,7 @@ def dropout_placement(t):
     t.true(abs(share - 0.5) < 0.1, "the embedding should be dropped once, and nothing after the final norm")
 
 
-@hidden_test("5.1")
+@hidden_test("5.1", inputs=True)
 def errors_name_the_lengths(t):
     """too long a sequence names its length and the context length; 3-D ids and float ids raise ValueError"""
     lib = t.learner("gpt")
@@ -155,7 +155,12 @@ def returns_a_python_int(t):
     lib = t.learner("gpt")
     n = lib.count_parameters(lib.GPTConfig(vocab_size=3, context_length=2, d_model=2, n_layers=1, n_heads=1))
     t.equal(type(n), int, what="type")
-    t.raises(ValueError, lib.count_parameters, None)
+
+
+@hidden_test("5.2", inputs=True)
+def rejects_what_is_not_a_config(t):
+    """None instead of a GPTConfig raises ValueError"""
+    t.raises(ValueError, t.learner("gpt").count_parameters, None)
 
 
 @hidden_test("5.2")
@@ -212,7 +217,7 @@ def does_not_modify_inputs(t):
     t.equal(targets, t0, what="targets after the call")
 
 
-@hidden_test("5.3")
+@hidden_test("5.3", inputs=True)
 def rejects_bad_shapes(t):
     """targets with another batch or length, 3-D targets or 1-D logits raise ValueError"""
     lib = t.learner("training")
@@ -326,7 +331,7 @@ def the_loss_goes_down(t):
     t.true(losses[-1] < 0.5 * losses[0], "the loss on a repeated batch should at least halve in 20 steps")
 
 
-@hidden_test("5.4")
+@hidden_test("5.4", inputs=True)
 def rejects_a_bad_clip_norm(t):
     """max_grad_norm of 0, -1 or a string raises ValueError"""
     mine, _ = _training_pair(t, 5430)
@@ -430,7 +435,7 @@ def sums_to_one_and_keeps_dtype(t):
     t.close(one, torch.tensor([1.0]), atol=1e-7, rtol=0, what="a vocabulary of one token")
 
 
-@hidden_test("5.5")
+@hidden_test("5.5", inputs=True)
 def rejects_bad_settings(t):
     """float top_k, integer logits, temperature 0 and top_p of -0.1 raise ValueError"""
     lib = t.learner("sampling")
@@ -478,7 +483,7 @@ def top_p_ties_and_the_exact_boundary(t):
     )
 
 
-@hidden_test("5.5")
+@hidden_test("5.5", inputs=True)
 def rejects_scalars_and_lists(t):
     """0-d logits and a list of logits raise ValueError"""
     lib = t.learner("sampling")
@@ -546,7 +551,7 @@ def evaluation_mode_inside(t):
     t.equal(t.value(mine.training), True, what="model.training afterwards")
 
 
-@hidden_test("5.6")
+@hidden_test("5.6", inputs=True)
 def rejects_bad_arguments(t):
     """a float max_new_tokens, an empty prompt or float ids raise ValueError"""
     lib = t.learner("sampling")
@@ -578,3 +583,253 @@ def int_temperature_one_token_prompts_and_fresh_randomness(t):
     t.equal(lib.generate(mine, ids, 4, temperature=0), ref.generate(expected, ids, 4, temperature=0), what="greedy")
     a, b = lib.generate(mine, ids, 20, temperature=5.0), lib.generate(mine, ids, 20, temperature=5.0)
     t.true(not torch.equal(a, b), "without a seed, two calls should not sample the same tokens")
+
+
+# -- 5.7 sliding_windows ------------------------------------------------------------------------------
+
+
+def _windows_match_the_reference(t, ids, context_length, stride, what):
+    lib, ref = t.learner("data"), t.reference("data")
+    expected = ref.sliding_windows(ids, context_length, stride)
+    t.equal(lib.sliding_windows(ids, context_length, stride), expected, what=what)
+
+
+@hidden_test("5.7")
+def matches_the_reference_on_many_sizes(t):
+    """lengths from exactly one window to many, strides from 1 to past the context (gaps), one-token windows"""
+    ids = torch.randint(1000, (61,), generator=torch.Generator().manual_seed(5700))
+    for context_length in (1, 5, 8):
+        for stride in (1, 3, context_length, context_length + 1, context_length + 4):
+            for length in (context_length + 1, context_length + stride, context_length + stride + 1, 61):
+                what = f"context {context_length}, stride {stride}, {length} tokens"
+                _windows_match_the_reference(t, ids[:length], context_length, stride, what)
+
+
+@hidden_test("5.7")
+def window_count_at_the_edges(t):
+    """a window needs its last target: 12 tokens, context 5, stride 3 give 3 windows, 11 tokens 2 and 6 tokens 1"""
+    lib = t.learner("data")
+    for length, count in ((12, 3), (11, 2), (9, 2), (8, 1), (6, 1)):
+        inputs, targets = lib.sliding_windows(torch.arange(100, 100 + length), 5, 3)
+        starts = 100 + 3 * torch.arange(count)[:, None]
+        t.equal(inputs, starts + torch.arange(5), what=f"inputs of {length} tokens")
+        t.equal(targets, starts + torch.arange(1, 6), what=f"targets of {length} tokens")
+
+
+@hidden_test("5.7")
+def every_integer_dtype_gives_int64(t):
+    """uint8, int8, int16, int32 and int64 ids all give int64 windows with the same values"""
+    values = torch.randint(120, (17,), generator=torch.Generator().manual_seed(5710))
+    expected = t.reference("data").sliding_windows(values, 4, 3)
+    lib = t.learner("data")
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        t.equal(lib.sliding_windows(values.to(dtype), 4, 3), expected, what=f"{dtype}")
+
+
+@hidden_test("5.7", inputs=True)
+def rejects_bad_ids_and_sizes(t):
+    """too few tokens, 2-D, float, bool or list ids, and a context or stride of 0, True or 2.0 raise ValueError"""
+    lib = t.learner("data")
+    ids = torch.arange(20)
+    bad_ids = (torch.arange(6), ids.view(4, 5), ids.double(), ids > 3, list(range(20)), torch.tensor(3))
+    for bad in bad_ids:
+        t.raises(ValueError, lib.sliding_windows, bad, 6, 2)
+    for context_length, stride in ((0, 1), (4, 0), (True, 1), (4, True), (4.0, 1), (4, 2.0), (-2, 1), (4, -1)):
+        t.raises(ValueError, lib.sliding_windows, ids, context_length, stride)
+
+
+# -- 5.8 lr_at ----------------------------------------------------------------------------------------
+
+
+def _torch_rates(max_lr, warmup_steps, total_steps, min_lr):
+    """PyTorch's scheduler chain (no warm-up: the cosine alone), the rate before each step of the run."""
+    import warnings
+
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=max_lr)
+    sched = torch.optim.lr_scheduler
+    cosine = sched.CosineAnnealingLR(opt, T_max=total_steps - warmup_steps, eta_min=min_lr)
+    chain = cosine
+    if warmup_steps:
+        warmup = sched.LinearLR(opt, start_factor=1 / warmup_steps, total_iters=max(warmup_steps - 1, 1))
+        chain = sched.SequentialLR(opt, [warmup, cosine], milestones=[warmup_steps])
+    rates = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(total_steps):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            chain.step()
+    return rates
+
+
+@hidden_test("5.8")
+def matches_torch_schedulers_on_many_runs(t):
+    """several warm-ups (none, 1, 2, most of the run), run lengths, rates and floors equal PyTorch's schedulers"""
+    lib = t.learner("training")
+    for max_lr, warmup_steps, total_steps, min_lr in (
+        (6e-4, 10, 100, 6e-5),
+        (1.0, 2, 3, 0.0),
+        (0.3, 0, 25, 0.01),
+        (2.5, 1, 9, 0.5),
+        (1e-2, 45, 50, 1e-3),
+        (5e-3, 7, 200, 5e-3),
+    ):
+        for step, expected in enumerate(_torch_rates(max_lr, warmup_steps, total_steps, min_lr)):
+            got = lib.lr_at(step, max_lr, warmup_steps, total_steps, min_lr)
+            t.close(got, expected, atol=1e-15, rtol=1e-9, what=f"warm-up {warmup_steps} of {total_steps}, step {step}")
+
+
+@hidden_test("5.8")
+def the_boundaries_exactly(t):
+    """max_lr / W at step 0, max_lr at W - 1 and W, just above min_lr at T - 1, min_lr at T and long after"""
+    lib, ref = t.learner("training"), t.reference("training")
+    args = (3e-3, 20, 300, 3e-4)
+    for step in (0, 1, 18, 19, 20, 21, 150, 298, 299, 300, 301, 1000, 10**9):
+        t.close(lib.lr_at(step, *args), ref.lr_at(step, *args), atol=1e-18, rtol=1e-12, what=f"step {step}")
+
+
+@hidden_test("5.8")
+def the_floor_after_the_run(t):
+    """after the last step the rate stays at min_lr, where the cosine would have risen again"""
+    lib = t.learner("training")
+    for step in (41, 55, 60, 79, 80, 150):
+        t.close(lib.lr_at(step, 1.0, 0, 40, 0.2), 0.2, atol=1e-15, rtol=0, what=f"step {step} of a 40-step run")
+
+
+@hidden_test("5.8")
+def python_floats_from_ints(t):
+    """integer rates give Python floats in the warm-up, the decay and after the run; min_lr == max_lr is flat"""
+    lib = t.learner("training")
+    for step, expected in ((0, 1.0), (1, 2.0), (6, 1.5), (10, 1.0), (11, 1.0), (500, 1.0)):
+        got = lib.lr_at(step, 2, 2, 10, 1)
+        t.equal(type(got), float, what=f"type at step {step}")
+        t.close(got, expected, atol=1e-12, rtol=0, what=f"step {step}")
+    for step in (3, 9, 10, 20):
+        t.close(lib.lr_at(step, 0.5, 4, 10, 0.5), 0.5, atol=1e-15, rtol=0, what=f"flat schedule, step {step}")
+
+
+@hidden_test("5.8", inputs=True)
+def rejects_bad_schedules(t):
+    """float, bool or negative steps, a warm-up of the run's length or more, max_lr <= 0, min_lr outside [0, max_lr]"""
+    lib = t.learner("training")
+    for args in (
+        (1.0, 1.0, 2, 10, 0.1),
+        (True, 1.0, 2, 10, 0.1),
+        (-3, 1.0, 2, 10, 0.1),
+        (0, 1.0, 10, 10, 0.1),
+        (0, 1.0, 11, 10, 0.1),
+        (0, 1.0, -1, 10, 0.1),
+        (0, 1.0, 2.0, 10, 0.1),
+        (0, 1.0, 2, 10.0, 0.1),
+        (0, 1.0, False, 10, 0.1),
+        (0, 0.0, 2, 10, 0.0),
+        (0, -1.0, 2, 10, 0.0),
+        (0, "1e-3", 2, 10, 0.0),
+        (0, 1.0, 2, 10, -0.1),
+        (0, 1.0, 2, 10, 1.5),
+        (0, 1.0, 2, 10, None),
+    ):
+        t.raises(ValueError, lib.lr_at, *args)
+
+
+# -- 5.9 clip_grad_norm -------------------------------------------------------------------------------
+
+
+def _params(t, grads):
+    """Parameters with these gradients (None: none), made where the learner's code runs."""
+    values = [torch.zeros(1) if g is None else torch.zeros_like(g) for g in grads]
+    return t.learner("checks.ch05").parameters_with_grads(values, list(grads))
+
+
+def _grads_after(t, params, n):
+    return [t.value(params.get_parameter(str(i)).grad) for i in range(n)]
+
+
+def _clip_matches_the_reference(t, grads, max_norm, what, how="iterable", atol=1e-12, rtol=1e-12):
+    """The learner's clip_grad_norm and the reference agree on the returned norm and the clipped gradients."""
+    ref = t.reference("training")
+    expected_params = [torch.nn.Parameter(torch.zeros(1) if g is None else torch.zeros_like(g)) for g in grads]
+    for p, g in zip(expected_params, grads):
+        p.grad = None if g is None else g.clone()
+    expected_norm = ref.clip_grad_norm(expected_params[0] if how == "tensor" else expected_params, max_norm)
+    params = _params(t, grads)
+    argument = {"generator": params.parameters, "tensor": lambda: params.get_parameter("0")}.get(how, lambda: params)()
+    norm = t.learner("training").clip_grad_norm(argument, max_norm)
+    t.close(norm, expected_norm, atol=atol, rtol=rtol, what=f"{what}: the returned norm")
+    for i, (got, p) in enumerate(zip(_grads_after(t, params, len(grads)), expected_params)):
+        if p.grad is None:
+            t.equal(got, None, what=f"{what}: gradient {i}")
+        else:
+            t.close(got, p.grad, atol=atol, rtol=rtol, what=f"{what}: gradient {i}")
+    return params
+
+
+def _scaled(seed, scale, *shape, dtype=torch.float64):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@hidden_test("5.9")
+def matches_the_reference_on_many_gradients(t):
+    """one to five gradients of many shapes, norms far above, near and below max_norm (float64)"""
+    cases = [
+        ([_scaled(5900, 10.0, 7, 3)], 1.0),
+        ([_scaled(5901, 0.1, 4), _scaled(5902, 0.1, 2, 3), _scaled(5903, 0.1, 1)], 0.7),
+        ([_scaled(5904 + i, 50.0, 3, 2) for i in range(5)], 2.5),
+        ([_scaled(5910, 1.0, 30), _scaled(5911, 1e-3, 30)], 3.0),
+        ([_scaled(5912, 1e4, 2, 2, 2)], 1e-3),
+    ]
+    for i, (grads, max_norm) in enumerate(cases):
+        _clip_matches_the_reference(t, grads, max_norm, f"case {i}")
+
+
+@hidden_test("5.9")
+def the_factor_includes_the_epsilon(t):
+    """a norm of exactly max_norm is still scaled by max_norm / (norm + 1e-6); far above, the 1e-6 still shows"""
+    _clip_matches_the_reference(t, [torch.tensor([0.6, 0.8], dtype=torch.float64)], 1.0, "norm 1, max_norm 1")
+    _clip_matches_the_reference(t, [torch.tensor([3e-6, 4e-6], dtype=torch.float64)], 1e-6, "norm 5e-6, max_norm 1e-6")
+
+
+@hidden_test("5.9")
+def float32_and_mixed_dtypes(t):
+    """float32 gradients give a float32 norm and stay float32; float32 with float64 gives a float64 norm"""
+    grads = [_scaled(5920, 5.0, 6, 4, dtype=torch.float32), _scaled(5921, 5.0, 9, dtype=torch.float32)]
+    _clip_matches_the_reference(t, grads, 1.0, "float32", atol=1e-6, rtol=1e-5)
+    mixed = [_scaled(5922, 5.0, 6, 4, dtype=torch.float32), _scaled(5923, 5.0, 9)]
+    _clip_matches_the_reference(t, mixed, 1.0, "float32 and float64", atol=1e-6, rtol=1e-5)
+
+
+@hidden_test("5.9")
+def a_single_tensor_and_a_generator(t):
+    """a single parameter instead of a list, and a generator of parameters gone through once"""
+    _clip_matches_the_reference(t, [_scaled(5930, 4.0, 5, 5)], 1.5, "a single tensor", how="tensor")
+    grads = [_scaled(5931, 4.0, 5, 5), None, _scaled(5932, 4.0, 3), None]
+    _clip_matches_the_reference(t, grads, 1.5, "a generator with missing gradients", how="generator")
+
+
+@hidden_test("5.9")
+def no_gradients_at_all(t):
+    """parameters without any gradient: the result is tensor(0.) and nothing changes"""
+    lib = t.learner("training")
+    params = _params(t, [None, None])
+    t.equal(lib.clip_grad_norm(params, 1.0), torch.tensor(0.0), what="the returned norm")
+    t.equal(_grads_after(t, params, 2), [None, None], what="the gradients")
+    t.equal(lib.clip_grad_norm(_params(t, []), 1.0), torch.tensor(0.0), what="no parameters")
+
+
+@hidden_test("5.9")
+def in_place_and_int_max_norm(t):
+    """the gradient tensors themselves are scaled (not replaced); an int max_norm is accepted"""
+    grads = [_scaled(5940, 3.0, 4, 4), _scaled(5941, 3.0, 4)]
+    params = _clip_matches_the_reference(t, grads, 2, "max_norm=2")
+    given = t.value(params.given_grads)
+    for i, (before, after) in enumerate(zip(given, _grads_after(t, params, 2))):
+        t.equal(before, after, what=f"the gradient tensor {i} that was there before the call")
+
+
+@hidden_test("5.9", inputs=True)
+def rejects_bad_max_norms(t):
+    """max_norm of 0, -0.5, True, None or a string raises ValueError"""
+    lib = t.learner("training")
+    for max_norm in (0, -0.5, True, None, "1.0"):
+        t.raises(ValueError, lib.clip_grad_norm, _params(t, [torch.ones(3)]), max_norm)

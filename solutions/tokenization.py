@@ -29,11 +29,27 @@ def merge_pair(ids, pair, new_id):
     return out
 
 
-def train_bpe(text, vocab_size, pattern=GPT4_SPLIT_PATTERN):
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 256:
-        raise ValueError(f"vocab_size must be an int of at least 256 (the single bytes), got {vocab_size!r}")
+def train_bpe(text, vocab_size, pattern=GPT4_SPLIT_PATTERN, special_tokens=()):
+    if not isinstance(special_tokens, (list, tuple)):
+        raise ValueError(f"special_tokens must be a list or tuple of strings, got {type(special_tokens).__name__}")
+    for special in special_tokens:
+        if not isinstance(special, str) or not special:
+            raise ValueError(f"every special token must be a non-empty str, got {special!r}")
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, got {list(special_tokens)!r}")
+    smallest = 256 + len(special_tokens)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < smallest:
+        raise ValueError(
+            f"vocab_size must be an int of at least {smallest} (the single bytes and the special tokens), "
+            f"got {vocab_size!r}"
+        )
+    # Cut the text at the special tokens (leftmost first, the longer of two at one place) and drop them.
+    stretches = [text]
+    if special_tokens:
+        longest_first = sorted(special_tokens, key=len, reverse=True)
+        stretches = regex.split("|".join(regex.escape(s) for s in longest_first), text)
     # Work on distinct pieces, each weighted by how often it occurs.
-    piece_counts = Counter(pretokenize(text, pattern))
+    piece_counts = Counter(piece for stretch in stretches for piece in pretokenize(stretch, pattern))
     words = [list(piece.encode("utf-8")) for piece in piece_counts]
     weights = list(piece_counts.values())
 
@@ -49,7 +65,7 @@ def train_bpe(text, vocab_size, pattern=GPT4_SPLIT_PATTERN):
     heapq.heapify(heap)
 
     merges = []
-    while len(merges) < vocab_size - 256:
+    while len(merges) < vocab_size - smallest:
         while heap and -heap[0][0] != counts.get(heap[0][1], 0):
             heapq.heappop(heap)  # stale entry: the pair's count changed since it was pushed
         if not heap or -heap[0][0] <= 0:

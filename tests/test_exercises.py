@@ -7,9 +7,10 @@ The suite runs with COURSE_LIB_SOLUTIONS=1; tests of the learner's starting stat
 from __future__ import annotations
 
 from course_lib import exercises
-from course_lib.grading import ExerciseFailed, run_checks
+from course_lib.grading import ExerciseFailed, run_checks, visible_checks
 
 import ast
+import inspect
 import operator
 import re
 import shutil
@@ -123,6 +124,8 @@ def test_a_bad_switch_value_names_the_variable(monkeypatch, value):
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_reference_passes_visible_checks(references, exercise_id, capsys):
     run_checks(exercise_id)
+    if visible_checks(exercise_id, inputs=True):
+        run_checks(exercise_id, inputs=True)
     out = capsys.readouterr().out
     assert out.startswith(f"Exercise {exercise_id} — ")
     assert "✗" not in out
@@ -132,6 +135,9 @@ def test_reference_passes_visible_checks(references, exercise_id, capsys):
 def test_stub_fails_visible_checks(stubs, exercise_id, capsys):
     with pytest.raises(ExerciseFailed, match=rf"^Exercise {re.escape(exercise_id)}: "):
         run_checks(exercise_id)
+    if visible_checks(exercise_id, inputs=True):
+        with pytest.raises(ExerciseFailed, match=rf"^Exercise {re.escape(exercise_id)}: "):
+            run_checks(exercise_id, inputs=True)
     out = capsys.readouterr().out
     assert exercises.get(exercise_id).not_implemented_message() in out
     assert "✓" not in out  # no visible check passes on a stub
@@ -360,14 +366,68 @@ def test_chapter_notebook_graded_cells_come_from_the_registry(path):
         assert "### BEGIN SOLUTION" not in cell.source
 
 
+@pytest.mark.parametrize("chapter", sorted({e.chapter for e in exercises.all_exercises()}))
+def test_input_checks_carry_at_most_a_tenth_of_a_chapter(chapter):
+    """Points reward the idea: clear errors for bad input are graded apart, for a tenth at most."""
+    path = next(p for p in NOTEBOOKS if cells.chapter_of(p) == chapter)
+    nb = nbformat.read(path, as_version=4)
+    points = {
+        c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"]
+        for c in nb.cells
+        if c.metadata.get("nbgrader")
+    }
+    total = sum(points.values())
+    inputs = sum(value for key, value in points.items() if key.endswith("_inputs"))
+    assert inputs <= 0.1 * total + 1e-9, f"Chapter {chapter}: input checks carry {inputs} of {total} points"
+    for entry in exercises.chapter_exercises(chapter):
+        has = any(cells.has_input_checks(entry))
+        assert (f"ex{chapter}_{entry.number}_inputs" in points) == has, entry.id
+
+
+def _raises_input_error(check) -> bool:
+    """Whether a check's source expects a ValueError: the mark of a check of input validation."""
+    return "t.raises(ValueError" in inspect.getsource(check)
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_checks_of_the_idea_do_not_test_input_validation(exercise_id):
+    """A ValueError check must be marked ``inputs=True`` (graded apart) unless the error is the idea
+    itself (listed here with why)."""
+    idea_errors = {
+        ("1.5", "handles_special_tokens_like_tiktoken"),  # tiktoken's contract for disallowed special tokens
+        ("1.5", "special_tokens_cl100k"),
+        ("1.5", "special_tokens_as_lists_and_tuples"),
+        ("1.5", "an_explicit_disallowed_collection"),
+    }
+    checks = visible_checks(exercise_id) + hidden_tests(exercise_id)
+    unmarked = [c.__name__ for c in checks if _raises_input_error(c) and (exercise_id, c.__name__) not in idea_errors]
+    assert not unmarked, f"Exercise {exercise_id}: mark these inputs=True or make them test the idea: {unmarked}"
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_the_reference_passes_every_input_check(references, exercise_id, capsys):
+    if hidden_tests(exercise_id, inputs=True):
+        run_hidden(exercise_id, inputs=True)
+    assert "✗" not in capsys.readouterr().out
+
+
 def test_the_cells_command_writes_the_cells_and_names_what_is_missing(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell('run_checks("3.1")'), nbformat.v4.new_code_cell("run_hidden('3.1')")]
     problems = cells.derive(nb, 3)
-    visible, hidden = nb.cells
+    visible, hidden = nb.cells[:2]
     assert visible.metadata["nbgrader"]["grade_id"] == "ex3_1_visible" and visible.metadata["nbgrader"]["points"] == 1
-    assert hidden.metadata["nbgrader"]["points"] == exercises.get("3.1").points - 1
+    assert hidden.metadata["nbgrader"]["points"] == exercises.get("3.1").points - 1 - cells.input_points(
+        exercises.get("3.1")
+    )
     assert hidden.metadata["tags"] == ["remove-cell"] and "### BEGIN HIDDEN TESTS" in hidden.source
+    # 3.1 has input checks: their cell is derived, right after the hidden cell
+    inputs = nb.cells[2]
+    assert inputs.metadata["nbgrader"]["grade_id"] == "ex3_1_inputs"
+    assert 'run_checks("3.1", inputs=True)' in inputs.source and 'run_hidden("3.1", inputs=True)' in inputs.source
+    assert "### BEGIN HIDDEN TESTS" in inputs.source and inputs.metadata["tags"] == ["remove-cell"]
+    cells.derive(nb, 3)  # deriving again changes nothing (no second input cell)
+    assert len(nb.cells) == 3 and nb.cells[2].source == inputs.source
     assert 'Exercise 3.2 has no visible cell: add a code cell calling run_checks("3.2")' in problems
     path = tmp_path / "ch03_x.ipynb"
     nbformat.write(nb, path)
@@ -474,6 +534,32 @@ def test_the_grader_completes_earlier_chapters_and_takes_only_this_chapters_file
         (REPO / "course_lib" / "tokenization.py").read_text(), (REPO / "solutions" / "tokenization.py").read_text()
     )
     assert (staged_later / "course_lib" / "tokenization.py").read_text() == filled
+
+
+def test_a_file_shared_by_two_chapters_is_the_learners_with_the_earlier_chapter_completed(tmp_path, monkeypatch):
+    """Chapter 6 adds exercises to Chapter 4's layers.py: grading Chapter 6 takes the learner's file
+    but fills in the references of Chapter 4's exercises in it, so Chapter 6 never depends on them."""
+    import dataclasses
+
+    from grader.fill import fill_module
+    from grader.judge import stage_package
+
+    real = exercises.all_exercises()
+    moved = {e.id: dataclasses.replace(e, id="2.9") if e.qualname == "BPETokenizer.decode" else e for e in real}
+    monkeypatch.setattr(exercises, "all_exercises", lambda: list(moved.values()))
+    submission = tmp_path / "submission"
+    shutil.copytree(REPO / "course_lib", submission / "course_lib")
+    learner = (submission / "course_lib" / "tokenization.py").read_text() + "# the learner's own line\n"
+    (submission / "course_lib" / "tokenization.py").write_text(learner)
+    staged = tmp_path / "staged"
+    assert "course_lib/tokenization.py" in stage_package(2, submission, staged)
+    earlier = {e.qualname for e in moved.values() if e.module == "tokenization" and e.chapter == 1}
+    solution = (REPO / "solutions" / "tokenization.py").read_text()
+    assert "BPETokenizer.decode" not in earlier and len(earlier) == 5
+    assert (staged / "course_lib" / "tokenization.py").read_text() == fill_module(learner, solution, only=earlier)
+    (submission / "course_lib" / "tokenization.py").write_text("def broken(:\n")  # does not parse: kept as it is
+    assert "course_lib/tokenization.py" in stage_package(2, submission, tmp_path / "broken")
+    assert (tmp_path / "broken" / "course_lib" / "tokenization.py").read_text() == "def broken(:\n"
 
 
 def test_the_grader_never_follows_links_out_of_a_submission(tmp_path):

@@ -1,11 +1,15 @@
 """Chapter 5's GPT on the reference solutions: logits against Hugging Face's GPT2LMHeadModel with
 the same weights (through the checkpoint loader), the parameter count by formula against built
-models and the published GPT-2 sizes, weight tying, initialisation, causality and validation.
+models and the published GPT-2 sizes, weight tying, initialisation, causality and validation; and
+its two settings of ``kernels``, PyTorch's fused ones and the course's own code, which must be the
+same model (parameters, state dicts, logits, gradients, dropout) however fast each is.
 """
 
 from __future__ import annotations
 
-from course_lib import gpt
+from course_lib import attention, exercises, gpt
+from course_lib import block as bl
+from course_lib.checks import seeded_randn
 
 import json
 import math
@@ -167,3 +171,168 @@ def test_gpt2_sizes_and_unknown_size():
         gpt.GPT({"d_model": 8})
     with pytest.raises(ValueError, match="GPTConfig"):
         gpt.count_parameters(3)
+
+
+# -- kernels="fused" (the default) and kernels="course": one model, two implementations -----------
+
+
+def _pair(seed=0, **sizes):
+    """The same seeded float64 GPT with fused kernels and with the course's own layers (LayerNorms made lively)."""
+    torch.manual_seed(seed)
+    fused = gpt.GPT(gpt.GPTConfig(**sizes)).double()
+    with torch.no_grad():
+        for name, p in fused.named_parameters():
+            p.normal_(1.0 if p.ndim == 1 and name.endswith("weight") else 0.0, 0.3)
+    course = gpt.GPT(gpt.GPTConfig(**sizes, kernels="course")).double()
+    course.load_state_dict(fused.state_dict())
+    return fused, course
+
+
+@pytest.mark.parametrize(
+    "sizes, batch, seq",
+    [
+        (dict(vocab_size=37, context_length=13, d_model=24, n_layers=2, n_heads=3), 3, 13),
+        (dict(vocab_size=11, context_length=7, d_model=10, n_layers=3, n_heads=5, eps=0.1), 2, 5),
+        (dict(vocab_size=53, context_length=9, d_model=12, n_layers=1, n_heads=1, bias=False), 1, 1),
+        (dict(vocab_size=29, context_length=21, d_model=36, n_layers=2, n_heads=6), 5, 17),
+    ],
+)
+def test_fused_and_course_kernels_agree_on_logits_and_gradients(sizes, batch, seq):
+    fused, course = _pair(seq, **sizes)
+    assert fused.config.kernels == "fused" and course.config.kernels == "course"
+    ids = torch.randint(sizes["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(batch))
+    targets = torch.randint(sizes["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(seq))
+    for model in (fused, course):
+        torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten()).backward()
+    torch.testing.assert_close(fused(ids), course(ids), atol=1e-12, rtol=1e-12)
+    grads = dict(course.named_parameters())
+    for name, p in fused.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-12, rtol=1e-12, msg=name)
+
+
+def test_kernels_share_parameters_names_and_initial_values():
+    torch.manual_seed(3)
+    fused = gpt.GPT(gpt.GPTConfig(**SMALL))
+    torch.manual_seed(3)
+    course = gpt.GPT(gpt.GPTConfig(**SMALL, kernels="course"))
+    a, b = fused.state_dict(), course.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert gpt.GPTConfig(**SMALL).kernels == "fused"  # the default
+    one = fused.blocks[0]
+    assert type(one.attn) is attention.FusedMultiHeadAttention and type(fused.ln_f) is bl.FusedLayerNorm
+    assert isinstance(one.attn, attention.MultiHeadAttention) and type(one.ffn) is bl.FusedFeedForward
+    assert type(course.blocks[0].attn) is attention.MultiHeadAttention
+    assert course.blocks[0].attn.last_weights is None
+    course(torch.zeros(1, 4, dtype=torch.int64))
+    assert course.blocks[0].attn.last_weights.shape == (1, 4, 4, 4)  # the course's layer still records them
+
+
+def test_fused_kernels_dropout_acts_in_training_only():
+    sizes = dict(SMALL, dropout=0.3)
+    fused, course = _pair(4, **sizes)
+    ids = torch.randint(37, (2, 12), generator=torch.Generator().manual_seed(4))
+    fused.eval()
+    course.eval()
+    torch.testing.assert_close(fused(ids), course(ids), atol=1e-12, rtol=1e-12)
+    fused.train()
+    assert not torch.allclose(fused(ids), fused(ids))
+    # Attention dropout alone: nothing else in the layer is dropped, and evaluation is exact.
+    torch.manual_seed(5)
+    layer = attention.FusedMultiHeadAttention(16, 4, dropout=0.5).double()
+    x = seeded_randn(6, 2, 9, 16)
+    layer.train()
+    a, b = layer(x), layer(x)
+    assert not torch.allclose(a, b)
+    reference = attention.MultiHeadAttention(16, 4, dropout=0.5).double().eval()
+    reference.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer.eval()(x), reference(x), atol=1e-12, rtol=1e-12)
+    # The feed-forward output: each number zeroed with probability p, the others scaled by 1 / (1 - p).
+    ffn = bl.FusedFeedForward(16, dropout=0.5).double()
+    kept = ffn.train()(x)
+    full = ffn.eval()(x)
+    dropped = kept == 0
+    assert 0.4 < dropped.double().mean().item() < 0.6
+    torch.testing.assert_close(kept[~dropped], 2 * full[~dropped], atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_attention_keeps_the_contract_with_masks(causal):
+    torch.manual_seed(7)
+    course = attention.MultiHeadAttention(12, 3, causal=causal).double().eval()
+    fused = attention.FusedMultiHeadAttention(12, 3, causal=causal).double().eval()
+    fused.load_state_dict(course.state_dict())
+    x = seeded_randn(8, 3, 7, 12)
+    padding = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    padding[1, ..., :4] = False  # sequence 1: its first four keys are padding
+    padding[2] = False  # sequence 2: every key is hidden, so every query gets zeros
+    window = torch.ones(7, 7, dtype=torch.bool).tril(2).triu(-2)
+    for mask in (None, padding, window, padding & window):
+        torch.testing.assert_close(fused(x, mask), course(x, mask), atol=1e-12, rtol=1e-12)
+    assert fused.last_weights is None
+    assert torch.equal(fused(x, padding)[2], fused.out_proj.bias.expand(7, 12))
+
+
+def test_fused_layers_keep_the_errors():
+    layer = attention.FusedMultiHeadAttention(8, 2)
+    with pytest.raises(ValueError, match="d_model=8"):
+        layer(torch.zeros(2, 3, 6))
+    with pytest.raises(ValueError, match="bool"):
+        layer(torch.zeros(2, 3, 8), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="broadcast"):
+        layer(torch.zeros(2, 3, 8), torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="d_model=8"):
+        bl.FusedLayerNorm(8)(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="d_model=8"):
+        bl.FusedFeedForward(8)(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="kernels"):
+        gpt.GPTConfig(**SMALL, kernels="flash")
+    with pytest.raises(ValueError, match="kernels"):
+        bl.TransformerBlock(8, 2, kernels=True)
+
+
+def test_fused_block_matches_hugging_face_gpt2_block():
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    config = GPT2Config(n_embd=20, n_head=4, n_positions=16, resid_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(9)
+    hf = GPT2Block(config).double().eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)
+    ours = bl.TransformerBlock(20, 4, kernels="fused").double().eval().load_hf_gpt2_block(hf.state_dict())
+    x = seeded_randn(10, 2, 11, 20)
+    with torch.no_grad():
+        expected = hf(x)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    torch.testing.assert_close(ours(x), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_from_pretrained_with_either_kernels_matches_hugging_face(tmp_path):
+    hf = _hf_checkpoint(tmp_path, seed=2)
+    ids = torch.randint(53, (2, 15), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = hf(ids).logits
+    for kernels in ("fused", "course"):
+        ours = gpt.GPT.from_pretrained(tmp_path, kernels=kernels)
+        assert ours.config.kernels == kernels and not ours.training
+        torch.testing.assert_close(ours(ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_without_chapter_3_fused_runs_and_course_names_the_exercise(monkeypatch):
+    """A learner's Chapter 5 folder with every exercise solved but Chapter 3's: the default model
+    needs nothing from Chapter 3, and kernels="course" says which exercise is missing."""
+    fused, course = _pair(11, **SMALL)
+    ids = torch.randint(37, (2, 6), generator=torch.Generator().manual_seed(11))
+    expected = course(ids)
+    for entry in exercises.all_exercises():
+        owner, _, method = entry.qualname.rpartition(".")
+        if entry.chapter != 3 and owner:  # the other chapters' methods, solved (their references)
+            module = __import__(f"course_lib.{entry.module}", fromlist=[owner])
+            monkeypatch.setattr(getattr(module, owner), method, exercises.reference(entry))
+    monkeypatch.setenv("COURSE_LIB_SOLUTIONS", "0")  # Chapter 3's exercises are the stubs again
+    with pytest.raises(NotImplementedError, match=r"Exercise 3\.3 .*MultiHeadAttention\.forward"):
+        course(ids)
+    torch.testing.assert_close(fused(ids), expected, atol=1e-12, rtol=1e-12)

@@ -6,7 +6,7 @@ The suite runs with COURSE_LIB_SOLUTIONS=1 (every test here sets it with the ``r
 
 from __future__ import annotations
 
-from course_lib import data
+from course_lib import data, tokenization
 from course_lib.tokenization import (
     GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
@@ -19,8 +19,10 @@ from course_lib.tokenization import (
     pretokenize,
     render_token,
     train_bpe,
+    train_wordpiece,
 )
 
+import itertools
 import random
 from collections import Counter
 
@@ -362,11 +364,24 @@ def naive_merge(ids, pair, new_id):
     return out
 
 
-def naive_train(text, vocab_size, pattern=GPT4_SPLIT_PATTERN):
+def naive_cut(text, specials):
+    """The stretches between special-token occurrences, scanning left to right, the longer of two first."""
+    stretches, start, i = [], 0, 0
+    while i < len(text):
+        found = max((s for s in specials if text.startswith(s, i)), key=len, default=None)
+        if found is None:
+            i += 1
+        else:
+            stretches.append(text[start:i])
+            i = start = i + len(found)
+    return [*stretches, text[start:]]
+
+
+def naive_train(text, vocab_size, pattern=GPT4_SPLIT_PATTERN, special_tokens=()):
     """The docstring, literally: recount every pair of every piece occurrence each round."""
-    pieces = [list(p.encode("utf-8")) for p in regex.findall(pattern, text)]
+    pieces = [list(p.encode("utf-8")) for s in naive_cut(text, special_tokens) for p in regex.findall(pattern, s)]
     merges = []
-    for new_id in range(256, vocab_size):
+    for new_id in range(256, vocab_size - len(special_tokens)):
         counts = Counter(pair for piece in pieces for pair in zip(piece, piece[1:]))
         if not counts:
             break
@@ -424,6 +439,71 @@ def test_train_bpe_with_another_pattern_and_early_stop():
 def test_train_bpe_rejects_bad_vocab_sizes(bad):
     with pytest.raises(ValueError):
         train_bpe("hello", bad)
+
+
+# Special tokens that overlap each other (one is a prefix of another, one starts inside another), that
+# contain regex symbols and spaces, and fragments of them for the text.
+SPECIALS = ["<s>", "<s><s>", "</s>", "x<a>", "<a>bc", "a.b", "<|endoftext|>", "<end of doc>"]
+SPECIAL_FRAGMENTS = [*SPECIALS, "<", ">", "s", "a", "b", "c", "x", "<a>", "|", " ", "  ", "\n", "ab", "é", "1"]
+
+
+@settings(max_examples=150, **FAST)
+@given(
+    parts=st.lists(st.sampled_from(SPECIAL_FRAGMENTS), max_size=30),
+    specials=st.lists(st.sampled_from(SPECIALS), unique=True, max_size=5),
+    extra=st.integers(0, 30),
+)
+def test_train_bpe_with_special_tokens_matches_naive_and_round_trips(parts, specials, extra):
+    text = "".join(parts)
+    vocab_size = 256 + len(specials) + extra
+    merges = train_bpe(text, vocab_size, special_tokens=specials)
+    assert merges == naive_train(text, vocab_size, special_tokens=specials)
+    assert len(merges) <= extra
+    tokenizer = BPETokenizer.from_merges(merges, specials)
+    assert tokenizer.special_tokens == {s: 256 + len(merges) + k for k, s in enumerate(specials)}
+    assert tokenizer.n_vocab <= vocab_size
+    ids = tokenizer.encode(text, allowed_special="all")
+    assert tokenizer.decode(ids) == text
+    learned = [tokenizer.vocab[i] for i in range(256, 256 + len(merges))]
+    # No learned token spans a special token's occurrence: each one lies inside a stretch between them.
+    stretches = naive_cut(text, specials)
+    assert all(any(token in s.encode() for s in stretches) for token in learned)
+
+
+def test_train_bpe_special_tokens_docstring_and_gpt2_style_ids():
+    eot = "<|endoftext|>"
+    assert train_bpe("aaab<|endoftext|>daaabac", 259, special_tokens=[eot]) == [(97, 97), (97, 98)]
+    # Training on documents joined by <|endoftext|>, as GPT-2's data was: the token is never learned from.
+    docs = data.load_shakespeare(["macbeth"])[:4000]
+    text = eot.join([docs[:2000], docs[2000:]])
+    merges = train_bpe(text, 400, special_tokens=(eot,))
+    assert len(merges) == 400 - 256 - 1
+    tokenizer = BPETokenizer.from_merges(merges, [eot])
+    assert tokenizer.special_tokens == {eot: 399} and tokenizer.n_vocab == 400
+    assert not any(b"<|" in t or b"|>" in t for t in tokenizer.ranks)
+    assert tokenizer.encode(text, allowed_special="all").count(399) == 1
+    # An absent special token only takes an id: the merges are those of a vocabulary one smaller.
+    assert train_bpe(docs, 300, special_tokens=["<|absent|>"]) == train_bpe(docs, 299)
+
+
+@pytest.mark.parametrize(
+    ("special_tokens", "vocab_size"),
+    [
+        ([""], 300),
+        (["<s>", "<s>"], 300),
+        ([3], 300),
+        ([None], 300),
+        ("<s>", 300),
+        ({"<s>"}, 300),
+        (None, 300),
+        (["<s>"], 256),
+        (["<s>", "</s>"], 257),
+    ],
+)
+def test_train_bpe_rejects_bad_special_tokens(special_tokens, vocab_size):
+    with pytest.raises(ValueError):
+        train_bpe("hello <s>", vocab_size, special_tokens=special_tokens)
+    assert train_bpe("hello", 258, special_tokens=["<s>", "</s>"]) == []
 
 
 # -- 1.4 bpe_encode_piece ------------------------------------------------------------------------------
@@ -519,6 +599,173 @@ def test_from_tiktoken_takes_everything(tok, enc):
     assert tok.pattern == enc._pat_str
 
 
+def test_special_tokens_by_list_follow_the_merges_and_are_validated():
+    merges = [(97, 98), (256, 99)]
+    built = BPETokenizer.from_merges(iter(merges), ("<|endoftext|>", "<pad>"))  # any iterable of merges
+    assert built.special_tokens == {"<|endoftext|>": 258, "<pad>": 259} and built.n_vocab == 260
+    text = "abc<pad>ab<|endoftext|>"
+    assert built.encode(text, allowed_special="all") == [257, 259, 256, 258]
+    assert built.decode(built.encode(text, allowed_special="all")) == text
+    assert BPETokenizer.from_merges(merges, {"<x>": 500}).special_tokens == {"<x>": 500}  # a dict keeps its ids
+    for bad in (["<s>", "<s>"], [b"<s>"]):
+        with pytest.raises(ValueError):
+            BPETokenizer.from_merges(merges, bad)
+    with pytest.raises(ValueError, match="non-empty"):
+        BPETokenizer(SINGLE, {"": 300})
+    with pytest.raises(ValueError, match="distinct ids"):
+        BPETokenizer(SINGLE, {"<a>": 300, "<b>": 300})
+
+
+# -- streaming: BPETokenizer.encode_iterable ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def o200k_tok(o200k):
+    return BPETokenizer.from_tiktoken(o200k)
+
+
+@pytest.fixture(scope="module")
+def gpt2_style_tok():
+    """A small trained tokenizer with GPT-2's pattern and special tokens that overlap, hold regex symbols or a space."""
+    merges = train_bpe(HAMLET, 400, GPT2_SPLIT_PATTERN)
+    specials = ["<s>", "<s><s>", "</s>", "x<a>", "<a>bc", "a.b", "<end of doc>", "e f"]
+    return BPETokenizer.from_merges(merges, specials, GPT2_SPLIT_PATTERN)
+
+
+# Fragments whose joins change the pieces: whitespace runs before words and line breaks, contractions
+# that GPT-4o attaches to the word, digit runs, surrogate halves, special tokens and their halves.
+STREAM_FRAGMENTS = [
+    *(
+        "a",
+        "b",
+        "it",
+        "we",
+        "Hello",
+        "ABC",
+        "'",
+        "s",
+        "ll",
+        "'s",
+        "'LL",
+        "1",
+        "23",
+        "456",
+        ".",
+        "!",
+        "/",
+        "é",
+        "東",
+        "👋",
+    ),
+    *(" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\r", "\u00a0", "\x0b", "\u2028", "\ud83d", "\ude00"),
+    *("<|endoftext|>", "<|fim_prefix|>", "<|", "endof", "text", "|>"),
+    *("<s>", "</s>", "<", "s>", "x", "<a>", "bc", "<end of doc>", "<end", " of", " doc>", "e f", "e", "f"),
+]
+STREAM_OPTIONS = [{}, {"allowed_special": "all"}, {"disallowed_special": ()}, {"allowed_special": {"<|endoftext|>"}}]
+
+
+def _chunks(text, cuts):
+    cuts = sorted({c % (len(text) + 1) for c in cuts})
+    return [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+
+
+def _encode_or_error(encode, text, **kwargs):
+    try:
+        return list(encode(text, **kwargs))
+    except ValueError:
+        return ValueError
+
+
+@settings(max_examples=300, **FAST)
+@given(
+    parts=st.lists(st.sampled_from(STREAM_FRAGMENTS), max_size=40),
+    cuts=st.lists(st.integers(0, 10**6), max_size=12),
+    one_by_one=st.booleans(),
+    option=st.sampled_from(range(len(STREAM_OPTIONS))),
+)
+def test_encode_iterable_gives_the_ids_of_the_whole_text(
+    tok, enc, o200k_tok, o200k, gpt2_style_tok, parts, cuts, one_by_one, option
+):
+    text = "".join(parts)
+    chunks = list(text) if one_by_one else _chunks(text, cuts)
+    kwargs = STREAM_OPTIONS[option]
+    for tokenizer, reference in [(tok, enc.encode), (o200k_tok, o200k.encode), (gpt2_style_tok, None)]:
+        if kwargs.get("allowed_special") == {"<|endoftext|>"} and reference is None:
+            continue  # not one of this tokenizer's special tokens
+        streamed = _encode_or_error(tokenizer.encode_iterable, chunks, **kwargs)
+        assert streamed == _encode_or_error(tokenizer.encode, text, **kwargs), (chunks, kwargs)
+        if reference is not None:  # and tiktoken itself agrees
+            assert streamed == _encode_or_error(reference, text, **kwargs), (chunks, kwargs)
+
+
+def test_encode_iterable_on_a_file_of_lines_and_on_the_varied_corpus(tok, enc):
+    import io
+
+    text = data.load_shakespeare(["macbeth"])
+    assert list(tok.encode_iterable(io.StringIO(text))) == enc.encode(text)
+    for name, sample in CORPUS.items():
+        for cuts in ([], [1, 5, 9, 30, 31, 32], list(range(0, len(sample), 3))):
+            streamed = list(tok.encode_iterable(_chunks(sample, cuts), disallowed_special=()))
+            assert streamed == enc.encode(sample, disallowed_special=()), (name, cuts)
+
+
+@settings(max_examples=200, **FAST)
+@given(
+    parts=st.lists(
+        st.sampled_from(["<end of doc>", "e f", "<end", " of", " doc>", "e", "f", " ", "x", "one"]), max_size=20
+    ),
+    size=st.integers(1, 6),
+    option=st.sampled_from(range(3)),
+)
+def test_encode_iterable_with_special_tokens_that_hold_spaces(gpt2_style_tok, parts, size, option):
+    text = "".join(parts)
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    kwargs = STREAM_OPTIONS[option]
+    streamed = _encode_or_error(gpt2_style_tok.encode_iterable, chunks, **kwargs)
+    assert streamed == _encode_or_error(gpt2_style_tok.encode, text, **kwargs), (chunks, kwargs)
+
+
+def test_encode_iterable_never_cuts_inside_a_special_token(gpt2_style_tok):
+    # The spaces inside "<end of doc>" and "e f" follow letters: places that would be safe in plain text.
+    text = "one <end of doc> two e f three"
+    for kwargs in ({"allowed_special": "all"}, {"disallowed_special": ()}):
+        expected = gpt2_style_tok.encode(text, **kwargs)
+        for size in (1, 2, 3, 5, 8):
+            chunks = [text[i : i + size] for i in range(0, len(text), size)]
+            assert list(gpt2_style_tok.encode_iterable(chunks, **kwargs)) == expected, (size, kwargs)
+    with pytest.raises(ValueError, match="e f"):
+        list(gpt2_style_tok.encode_iterable(["one e", " f two three four"]))
+
+
+def test_encode_iterable_is_lazy_and_holds_little_text(tok):
+    consumed = 0
+
+    def endless_lines():
+        nonlocal consumed
+        for line in itertools.cycle(["To be, or not to be, that is the question:\n", "Whether 'tis nobler\n"]):
+            consumed += 1
+            yield line
+
+    ids = list(
+        itertools.islice(tok.encode_iterable(endless_lines()), 5000)
+    )  # an endless stream: only a lazy method ends
+    assert len(ids) == 5000
+    assert consumed * 7 < 5000 + 50  # about 7 tokens a line: nothing much was read ahead
+    # Text without any safe cut is held back, and still encoded exactly at the end.
+    assert list(tok.encode_iterable(["1234", "5678", "\n\n", "9"])) == tok.encode("12345678\n\n9")
+
+
+def test_encode_iterable_errors(tok):
+    with pytest.raises(ValueError, match="not_a_token"):
+        next(tok.encode_iterable(["a"], allowed_special={"<|not_a_token|>"}))  # at the first next()
+    with pytest.raises(TypeError, match="bytes"):
+        list(tok.encode_iterable(["fine ", b"bytes"]))
+    stream = tok.encode_iterable(["all fine here ", "and here <|endof", "text|> too"])
+    with pytest.raises(ValueError, match="endoftext"):  # a disallowed token split between two chunks
+        list(stream)
+    assert list(tok.encode_iterable([])) == []
+
+
 # -- course_lib.data ----------------------------------------------------------------------------------
 
 
@@ -540,6 +787,72 @@ def test_shakespeare_corpus():
     assert data.load_shakespeare(["macbeth", "hamlet"]) == plays["macbeth"] + "\n" + plays["hamlet"]
     with pytest.raises(ValueError, match="nope"):
         data.load_shakespeare(["hamlet", "nope"])
+
+
+def test_encode_corpus_streams_exactly_and_shows_a_bar_only_when_asked(capsys):
+    import torch
+
+    text = data.load_shakespeare(["hamlet"])  # longer than one chunk of 64K characters
+    tokenizer = BPETokenizer.from_merges(train_bpe(text[:20_000], 300))
+    ids = data.encode_corpus(text, tokenizer)
+    assert ids.dtype == torch.int64 and ids.tolist() == tokenizer.encode(text)
+    assert capsys.readouterr().err == ""  # a small text: no bar by default
+    assert data.encode_corpus(text, tokenizer, progress=True).tolist() == ids.tolist()
+    bar = capsys.readouterr().err
+    assert "encoding" in bar and "100%" in bar
+    assert len(text) < data.PROGRESS_FROM_CHARS <= len(data.load_shakespeare())
+    enc = cl100k_base()  # a tokenizer without encode_iterable: encoded in one call
+    assert data.encode_corpus("To be, or not to be", enc).tolist() == enc.encode("To be, or not to be")
+    with pytest.raises(ValueError):
+        data.encode_corpus("", tokenizer)
+
+
+# -- WordPiece, for comparison ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hamlet_wordpiece():
+    return train_wordpiece(data.load_shakespeare(["hamlet"]), 3000)
+
+
+def test_train_wordpiece_is_deterministic_and_marks_continuations(hamlet_wordpiece):
+    vocab = hamlet_wordpiece.get_vocab()
+    assert hamlet_wordpiece.get_vocab_size() == len(vocab) == 3000
+    assert train_wordpiece(data.load_shakespeare(["hamlet"]), 3000).get_vocab() == vocab  # the same, run to run
+    # The docstring's example: a word is cut into a first piece and ## continuations, in lower case.
+    assert hamlet_wordpiece.encode("Unsex me here").tokens == ["unse", "##x", "me", "here"]
+    tokens = hamlet_wordpiece.encode("HAMLET: To be, or not to be!").tokens
+    assert tokens == ["hamlet", ":", "to", "be", ",", "or", "not", "to", "be", "!"]  # punctuation alone
+    assert hamlet_wordpiece.decode(hamlet_wordpiece.encode("Unsex me here").ids) == "unsex me here"
+    # Every piece spells a part of a word: ## only ever continues one.
+    pieces = [t for t in vocab if t != "[UNK]"]
+    assert all(not t.startswith("##") or len(t) > 2 for t in pieces)
+    assert {"[UNK]", "h", "##h"} <= set(vocab)
+
+
+def test_train_wordpiece_stops_when_every_word_is_one_entry():
+    text = data.load_shakespeare(["macbeth"])
+    wordpiece = train_wordpiece(text, 10**6)
+    words = {w for w, _ in wordpiece.pre_tokenizer.pre_tokenize_str(wordpiece.normalizer.normalize_str(text))}
+    assert wordpiece.get_vocab_size() < 10**6
+    assert all(wordpiece.encode(word).tokens == [word] for word in words)
+
+
+def test_train_wordpiece_replaces_unseen_characters_by_unk(hamlet_wordpiece):
+    # A word holding a character that training never saw becomes [UNK] as a whole.
+    assert hamlet_wordpiece.encode("sweet prince👋 sweet").tokens == ["sweet", "[UNK]", "sweet"]
+    assert hamlet_wordpiece.encode("東京").tokens == ["[UNK]", "[UNK]"]  # CJK characters are words of their own
+    assert hamlet_wordpiece.encode("Café").tokens == hamlet_wordpiece.encode("cafe").tokens  # accents stripped
+    with pytest.raises(ValueError):
+        train_wordpiece("some text", 0)
+    with pytest.raises(ValueError):
+        train_wordpiece(b"some text", 100)
+
+
+def test_bert_base_uncased_vocabulary_size_is_transformers_default():
+    from transformers import BertConfig
+
+    assert BertConfig().vocab_size == tokenization.BERT_BASE_UNCASED_VOCAB_SIZE
 
 
 # -- helpers shown in the chapter ----------------------------------------------------------------------

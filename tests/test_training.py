@@ -140,3 +140,117 @@ def test_train_and_evaluate_are_reproducible_and_learn():
     assert model.training  # evaluate restores the mode
     with pytest.raises(ValueError, match="at least one batch"):
         training.evaluate(model, [])
+
+
+@pytest.mark.parametrize(
+    "length, context_length, stride", [(11, 3, 2), (40, 8, 8), (40, 8, 11), (9, 8, 1), (100, 1, 7)]
+)
+def test_sliding_windows_equal_unfold(length, context_length, stride):
+    ids = torch.randint(500, (length,), generator=torch.Generator().manual_seed(length), dtype=torch.int32)
+    inputs, targets = data.sliding_windows(ids, context_length, stride)
+    windows = ids.long().unfold(0, context_length + 1, stride)  # (n_windows, context_length + 1)
+    assert inputs.dtype == targets.dtype == torch.int64
+    assert torch.equal(inputs, windows[:, :-1]) and torch.equal(targets, windows[:, 1:])
+    assert len(inputs) == (length - context_length - 1) // stride + 1
+
+
+def test_sliding_windows_validation():
+    with pytest.raises(ValueError, match="at least 5"):
+        data.sliding_windows(torch.arange(4), 4, 1)
+    for bad in (torch.arange(10.0), torch.arange(10) > 2, torch.zeros(2, 5, dtype=torch.int64), list(range(10))):
+        with pytest.raises(ValueError, match="1-D integer tensor"):
+            data.sliding_windows(bad, 3, 1)
+    for context_length, stride in ((0, 1), (3, 0), (True, 1), (3, 2.0)):
+        with pytest.raises(ValueError, match="positive int"):
+            data.sliding_windows(torch.arange(10), context_length, stride)
+
+
+def _torch_schedule(max_lr, warmup_steps, total_steps, min_lr):
+    """The rate before each step from PyTorch's LinearLR then CosineAnnealingLR (the cosine alone without warm-up)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    sched = torch.optim.lr_scheduler
+    chain = sched.CosineAnnealingLR(opt, T_max=total_steps - warmup_steps, eta_min=min_lr)
+    if warmup_steps:
+        warmup = sched.LinearLR(opt, start_factor=1 / warmup_steps, total_iters=max(warmup_steps - 1, 1))
+        chain = sched.SequentialLR(opt, [warmup, chain], milestones=[warmup_steps])
+    rates = []
+    for _ in range(total_steps):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        chain.step()
+    return rates
+
+
+@pytest.mark.parametrize(
+    "max_lr, warmup_steps, total_steps, min_lr", [(3e-3, 30, 600, 3e-4), (1.0, 0, 10, 0.0), (2, 1, 5, 1)]
+)
+def test_lr_at_equals_torch_schedulers(max_lr, warmup_steps, total_steps, min_lr):
+    expected = _torch_schedule(max_lr, warmup_steps, total_steps, min_lr)
+    ours = [training.lr_at(step, max_lr, warmup_steps, total_steps, min_lr) for step in range(total_steps)]
+    assert all(type(rate) is float for rate in ours)
+    assert ours == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    for step in (total_steps, total_steps + 1, 10 * total_steps):  # the floor, where the cosine would rise again
+        assert training.lr_at(step, max_lr, warmup_steps, total_steps, min_lr) == min_lr
+
+
+def test_lr_at_boundaries_and_validation():
+    assert [training.lr_at(s, 1.0, 4, 12, 0.1) for s in (0, 3, 4, 8, 12)] == pytest.approx([0.25, 1.0, 1.0, 0.55, 0.1])
+    for args in (
+        (0, 1.0, 4, 4, 0.1),
+        (-1, 1.0, 2, 4, 0.1),
+        (1.0, 1.0, 2, 4, 0.1),
+        (0, 0.0, 2, 4, 0.0),
+        (0, 1.0, 2, 4, 2.0),
+    ):
+        with pytest.raises(ValueError):
+            training.lr_at(*args)
+
+
+def _with_grads(grads):
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    return params
+
+
+@pytest.mark.parametrize("scale, max_norm", [(10.0, 1.0), (0.01, 1.0), (3.0, 2)])
+@pytest.mark.parametrize("dtypes", [(F64, F64), (torch.float32, torch.float32), (torch.float32, F64)])
+def test_clip_grad_norm_equals_torch(scale, max_norm, dtypes):
+    g = torch.Generator().manual_seed(7)
+    grads = [
+        scale * torch.randn(4, 3, generator=g, dtype=dtypes[0]),
+        scale * torch.randn(5, generator=g, dtype=dtypes[1]),
+    ]
+    ours, theirs = _with_grads(grads), _with_grads(grads)
+    theirs.append(torch.nn.Parameter(torch.zeros(2)))  # a parameter without a gradient is skipped
+    norm = training.clip_grad_norm(iter(ours + theirs[-1:]), max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert norm.dtype == expected.dtype and norm.shape == ()
+    torch.testing.assert_close(norm, expected, atol=1e-12, rtol=1e-12)
+    for p, q in zip(ours, theirs):
+        assert p.grad.dtype == q.grad.dtype
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=1e-12)
+
+
+def test_clip_grad_norm_edge_cases():
+    single = _with_grads([torch.tensor([3.0, 4.0], dtype=F64)])[0]
+    grad = single.grad
+    assert training.clip_grad_norm(single, 1.0).item() == pytest.approx(5.0)
+    assert single.grad is grad  # scaled in place
+    torch.testing.assert_close(single.grad, torch.tensor([0.6, 0.8], dtype=F64) * 5 / (5 + 1e-6))
+    assert torch.equal(training.clip_grad_norm([torch.nn.Parameter(torch.ones(2))], 1.0), torch.tensor(0.0))
+    for max_norm in (0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="max_norm"):
+            training.clip_grad_norm([single], max_norm)
+
+
+def test_train_follows_the_schedule():
+    ids = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8] * 40)
+    history = training.train(_model(5).float(), ids, 40, 8, 8, lr=1e-2, seed=0, progress=False)
+    assert history["lr"] == [training.lr_at(s, 1e-2, 2, 40, 1e-3) for s in range(40)]  # steps // 20, lr / 10
+    constant = training.train(
+        _model(5).float(), ids, 10, 8, 8, lr=1e-2, seed=0, progress=False, warmup_steps=0, min_lr=1e-2
+    )
+    assert constant["lr"] == [1e-2] * 10
+    with pytest.raises(ValueError, match="warmup_steps"):
+        training.train(_model(5).float(), ids, 10, 8, 8, progress=False, warmup_steps=10)

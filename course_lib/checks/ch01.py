@@ -93,11 +93,31 @@ def stops_when_nothing_is_left_to_merge(t):
     t.equal(lib.train_bpe("ab", 300), [(97, 98)])
 
 
-@visible_check("1.3")
+@visible_check("1.3", inputs=True)
 def rejects_a_vocabulary_below_256(t):
     """vocab_size below 256 raises ValueError"""
     lib = t.learner("tokenization")
     t.raises(ValueError, lib.train_bpe, "hello", 255)
+
+
+@visible_check("1.3")
+def special_tokens_cut_the_text_and_take_ids(t):
+    """special tokens cut the text (no merge crosses or uses one) and count towards vocab_size"""
+    lib = t.learner("tokenization")
+    eot = ["<|endoftext|>"]
+    # Without the cut, '<|', 'endoftext' and '|>' would be pieces whose pairs get merged.
+    t.equal(lib.train_bpe("ab<|endoftext|>ab<|endoftext|>ab", 262, special_tokens=eot), [(97, 98)])
+    # One of the 259 ids belongs to the special token: two merges are left.
+    t.equal(lib.train_bpe("aaabdaaabac", 259, special_tokens=eot), [(97, 97), (97, 98)])
+
+
+@visible_check("1.3", inputs=True)
+def rejects_bad_special_tokens(t):
+    """empty, repeated or non-str special tokens, a lone str, and no room for them raise ValueError"""
+    lib = t.learner("tokenization")
+    for bad in ([""], ["<s>", "<s>"], [3], "<s>"):
+        t.raises(ValueError, lib.train_bpe, "hello", 300, special_tokens=bad)
+    t.raises(ValueError, lib.train_bpe, "hello", 256, special_tokens=["<s>"])
 
 
 # -- 1.4 bpe_encode_piece -----------------------------------------------------------------------
@@ -196,7 +216,7 @@ def replaces_broken_characters(t):
     t.equal(tok.decode([104, 105]), "hi")
 
 
-@visible_check("1.6")
+@visible_check("1.6", inputs=True)
 def rejects_unknown_ids(t):
     """an id outside the vocabulary raises ValueError"""
     lib = t.learner("tokenization")

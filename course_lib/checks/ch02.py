@@ -46,7 +46,7 @@ def matches_torch_embedding(t):
         t.equal(emb(ids), F.embedding(ids, weight), f"ids of shape {shape}")
 
 
-@visible_check("2.1")
+@visible_check("2.1", inputs=True)
 def refuses_bad_ids(t):
     """float ids, an id past the end and a negative id raise ValueError; the message names the id"""
     lib = t.learner("embeddings")
@@ -82,7 +82,7 @@ def uses_the_base_argument(t):
     t.close(lib.sinusoidal_positions(10, 6, base=100.0), _formula(10, 6, base=100.0).float(), atol=1e-5)
 
 
-@visible_check("2.2")
+@visible_check("2.2", inputs=True)
 def refuses_an_odd_width(t):
     """an odd d_model raises ValueError"""
     lib = t.learner("embeddings")
@@ -118,7 +118,7 @@ def tells_two_equal_tokens_apart(t):
     t.close(out[0, 0] - out[0, 2], positions[0] - positions[2], atol=1e-6)
 
 
-@visible_check("2.3")
+@visible_check("2.3", inputs=True)
 def refuses_long_or_flat_input(t):
     """a sequence longer than the context, or 1-D ids, raise ValueError naming the lengths"""
     lib = t.learner("embeddings")

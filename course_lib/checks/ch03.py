@@ -99,7 +99,7 @@ def heads_shapes_and_dropout(t):
     t.close(dropped_out, dropped @ v, what="output = (dropped weights) @ v")
 
 
-@visible_check("3.1")
+@visible_check("3.1", inputs=True)
 def rejects_bad_inputs(t):
     """mismatched d_k, mismatched seq_k and a float mask raise ValueError"""
     lib = t.learner("attention")
@@ -130,7 +130,7 @@ def any_size(t):
         t.equal(lib.causal_mask(n), torch.ones(n, n, dtype=torch.bool).tril(), f"causal_mask({n})")
 
 
-@visible_check("3.2")
+@visible_check("3.2", inputs=True)
 def rejects_bad_sizes(t):
     """a size below 1 raises ValueError"""
     lib = t.learner("attention")
@@ -213,7 +213,7 @@ def matches_pytorch_without_causality_and_with_padding(t):
     )
 
 
-@visible_check("3.3")
+@visible_check("3.3", inputs=True)
 def rejects_input_of_the_wrong_shape(t):
     """input that is not (batch, seq, d_model) raises ValueError"""
     lib = t.learner("attention")

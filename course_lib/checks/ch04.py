@@ -68,7 +68,7 @@ def without_bias_and_any_leading_dims(t):
         t.close(ln(x), F.layer_norm(x, (6,), weight, None, eps=0.5), atol=1e-6, rtol=1e-6, what=f"shape {shape}")
 
 
-@visible_check("4.1")
+@visible_check("4.1", inputs=True)
 def rejects_the_wrong_width(t):
     """a last dimension other than d_model raises ValueError"""
     lib = t.learner("layers")
@@ -105,7 +105,7 @@ def tanh_form_matches_pytorch(t):
     t.close(lib.gelu(x, "tanh"), F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-6, what="(2, 3, 4)")
 
 
-@visible_check("4.2")
+@visible_check("4.2", inputs=True)
 def rejects_unknown_forms(t):
     """approximate other than 'none' or 'tanh' raises ValueError"""
     lib = t.learner("layers")
@@ -175,7 +175,7 @@ def dropout_only_in_training(t):
     t.close(y[kept], 2.0 * expected[kept], atol=1e-6, rtol=1e-6, what="kept outputs, divided by 1 - p")
 
 
-@visible_check("4.3")
+@visible_check("4.3", inputs=True)
 def feed_forward_rejects_the_wrong_width(t):
     """an input whose last dimension is not d_model raises ValueError"""
     lib = t.learner("layers")
@@ -257,7 +257,7 @@ def passes_the_extra_mask_on(t):
     t.close(block(x, keep), _block_expected(state, x, 3, padding=keep), atol=1e-6, rtol=1e-6)
 
 
-@visible_check("4.4")
+@visible_check("4.4", inputs=True)
 def rejects_bad_inputs(t):
     """input that is not (batch, seq, d_model) raises ValueError"""
     block = t.learner("block").TransformerBlock(8, 2)

@@ -3,7 +3,9 @@
 Expected values are written out or computed here with PyTorch's own operations: a small GPT-2
 written as plain functions (``torch.nn.functional.layer_norm``, ``linear``, ``gelu``,
 ``scaled_dot_product_attention``), ``torch.nn.functional.cross_entropy``, ``torch.softmax``,
-``torch.optim.AdamW`` and ``torch.multinomial``. Most checks run in float64.
+``torch.optim.AdamW``, ``torch.multinomial``, ``Tensor.unfold``, PyTorch's learning-rate schedulers
+(``LinearLR``, ``CosineAnnealingLR``, ``SequentialLR``) and ``torch.nn.utils.clip_grad_norm_``. Most
+checks run in float64.
 """
 
 from course_lib.checks import learner_model
@@ -120,7 +122,7 @@ def later_tokens_do_not_change_earlier_logits(t):
     t.true(not torch.allclose(a[:, 4:], b[:, 4:]), "the logits of the changed positions must change")
 
 
-@visible_check("5.1")
+@visible_check("5.1", inputs=True)
 def rejects_too_long_or_misshapen_ids(t):
     """a sequence longer than the context, or 1-D ids, raises ValueError"""
     lib = t.learner("gpt")
@@ -155,7 +157,7 @@ def a_tiny_model_by_hand(t):
     t.equal(lib.count_parameters(lib.GPTConfig(bias=False, **sizes)), 904, what="without biases")
 
 
-@visible_check("5.2")
+@visible_check("5.2", inputs=True)
 def rejects_what_is_not_a_config(t):
     """an int or a dict instead of a GPTConfig raises ValueError"""
     lib = t.learner("gpt")
@@ -198,7 +200,7 @@ def large_logits_stay_finite(t):
     )
 
 
-@visible_check("5.3")
+@visible_check("5.3", inputs=True)
 def rejects_mismatched_shapes(t):
     """targets whose shape is not logits' (batch, seq), or 2-D logits, raise ValueError"""
     lib = t.learner("training")
@@ -341,7 +343,7 @@ def top_p_keeps_the_nucleus(t):
         )
 
 
-@visible_check("5.5")
+@visible_check("5.5", inputs=True)
 def rejects_bad_settings(t):
     """temperature ≤ 0, top_k < 1, top_p outside (0, 1] raise ValueError"""
     lib = t.learner("sampling")
@@ -402,13 +404,194 @@ def crops_to_the_context(t):
 
 
 @visible_check("5.6")
-def restores_the_mode_and_validates(t):
-    """a model in training mode is back in training mode afterwards; bad arguments raise ValueError"""
+def restores_the_mode(t):
+    """a model in training mode is back in training mode afterwards"""
     model = _learner_gpt(t, _gpt_state(56, 17, 8, 16, 2), **GEN)
     lib = t.learner("sampling")
     model.train()
     lib.generate(model, torch.tensor([[1, 2]]), 2, temperature=0)
     t.equal(t.value(model.training), True, what="model.training after generate")
+
+
+@visible_check("5.6", inputs=True)
+def rejects_bad_arguments(t):
+    """a negative max_new_tokens, a negative temperature or 1-D ids raise ValueError"""
+    model = _learner_gpt(t, _gpt_state(56, 17, 8, 16, 2), **GEN)
+    lib = t.learner("sampling")
     t.raises(ValueError, lib.generate, model, torch.tensor([[1, 2]]), -1)
     t.raises(ValueError, lib.generate, model, torch.tensor([[1, 2]]), 2, temperature=-0.5)
     t.raises(ValueError, lib.generate, model, torch.tensor([1, 2]), 2)
+
+
+# -- 5.7 sliding_windows --------------------------------------------------------------------------
+
+
+def _unfolded(ids, context_length, stride):
+    """PyTorch's windows of context_length + 1 tokens: inputs are all but the last, targets all but the first."""
+    windows = ids.long().unfold(0, context_length + 1, stride)  # (n_windows, context_length + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+@visible_check("5.7")
+def matches_unfold(t):
+    """(inputs, targets) equal ids.unfold(0, context_length + 1, stride) split by a token: overlaps, tiling, gaps"""
+    lib = t.learner("data")
+    ids = _ids(70, 50, 23)
+    for stride in (2, 4, 6):  # below, equal to and above the context of 4
+        inputs, targets = lib.sliding_windows(ids, 4, stride)
+        expected_inputs, expected_targets = _unfolded(ids, 4, stride)
+        t.equal(inputs, expected_inputs, what=f"inputs, stride {stride}")
+        t.equal(targets, expected_targets, what=f"targets, stride {stride}")
+
+
+@visible_check("5.7")
+def ten_tokens_by_hand(t):
+    """ids 0..9, context 3, stride 2: four windows starting at 0, 2, 4, 6; the last target is token 9"""
+    inputs, targets = t.learner("data").sliding_windows(torch.arange(10), 3, 2)
+    starts = torch.tensor([[0], [2], [4], [6]])
+    t.equal(inputs, starts + torch.arange(3), what="inputs")
+    t.equal(targets, starts + torch.arange(1, 4), what="targets")
+
+
+@visible_check("5.7")
+def int32_ids_give_int64(t):
+    """int32 ids give int64 windows; exactly context_length + 1 tokens give one window"""
+    inputs, targets = t.learner("data").sliding_windows(torch.tensor([5, 3, 8, 1], dtype=torch.int32), 3, 5)
+    t.equal(inputs, torch.tensor([[5, 3, 8]]), what="inputs")
+    t.equal(targets, torch.tensor([[3, 8, 1]]), what="targets")
+
+
+@visible_check("5.7", inputs=True)
+def rejects_short_text_and_bad_sizes(t):
+    """ids of context_length tokens (no room for the last target), a stride of 0 or float ids raise ValueError"""
+    lib = t.learner("data")
+    t.raises(ValueError, lib.sliding_windows, torch.arange(4), 4, 1)
+    t.raises(ValueError, lib.sliding_windows, torch.arange(10), 3, 0)
+    t.raises(ValueError, lib.sliding_windows, torch.arange(10.0), 3, 1)
+
+
+# -- 5.8 lr_at ------------------------------------------------------------------------------------
+
+
+def _torch_schedule(max_lr, warmup_steps, total_steps, min_lr):
+    """The learning rate before each of total_steps optimizer steps, from PyTorch's own schedulers."""
+    import warnings
+
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=max_lr)
+    sched = torch.optim.lr_scheduler
+    warmup = sched.LinearLR(opt, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1)
+    cosine = sched.CosineAnnealingLR(opt, T_max=total_steps - warmup_steps, eta_min=min_lr)
+    chain = sched.SequentialLR(opt, [warmup, cosine], milestones=[warmup_steps])
+    rates = []
+    with warnings.catch_warnings():  # SequentialLR passes an epoch to step(), which PyTorch deprecates
+        warnings.simplefilter("ignore")
+        for _ in range(total_steps):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            chain.step()
+    return rates
+
+
+@visible_check("5.8")
+def matches_torch_schedulers(t):
+    """every step of a 40-step run equals SequentialLR(LinearLR, CosineAnnealingLR), warm-up 5, 3e-3 down to 3e-4"""
+    lib = t.learner("training")
+    for step, expected in enumerate(_torch_schedule(3e-3, 5, 40, 3e-4)):
+        t.close(lib.lr_at(step, 3e-3, 5, 40, 3e-4), expected, atol=1e-15, rtol=1e-9, what=f"step {step}")
+
+
+@visible_check("5.8")
+def the_boundaries_by_hand(t):
+    """warm-up 4 of 12 steps, 1.0 to 0.1: 0.25 at step 0, 1.0 at steps 3 and 4, 0.55 at 8, 0.1 at 12 and 100"""
+    lib = t.learner("training")
+    for step, expected in ((0, 0.25), (1, 0.5), (3, 1.0), (4, 1.0), (8, 0.55), (12, 0.1), (100, 0.1)):
+        t.close(lib.lr_at(step, 1.0, 4, 12, 0.1), expected, atol=1e-12, rtol=0, what=f"step {step}")
+    t.equal(type(lib.lr_at(6, 1.0, 4, 12, 0.1)), float, what="type of the result")
+
+
+@visible_check("5.8", inputs=True)
+def rejects_bad_schedules(t):
+    """a warm-up as long as the run, a negative step or min_lr above max_lr raise ValueError"""
+    lib = t.learner("training")
+    t.raises(ValueError, lib.lr_at, 0, 1.0, 10, 10, 0.1)
+    t.raises(ValueError, lib.lr_at, -1, 1.0, 2, 10, 0.1)
+    t.raises(ValueError, lib.lr_at, 3, 1.0, 2, 10, 2.0)
+
+
+# -- 5.9 clip_grad_norm ---------------------------------------------------------------------------
+
+
+def parameters_with_grads(values: list, grads: list) -> torch.nn.ParameterList:
+    """Parameters holding ``values`` whose ``.grad`` are ``grads`` (``None``: no gradient).
+
+    Checks create them with ``t.learner("checks.ch05").parameters_with_grads(...)``, so that they
+    live where the learner's code runs: in the grader that is a sandboxed worker, and a tensor's
+    ``.grad`` does not cross to it. ``.given_grads`` keeps the gradient tensors given, to check
+    that they are changed in place.
+    """
+    params = torch.nn.ParameterList([torch.nn.Parameter(v.clone()) for v in values])
+    for param, grad in zip(params, grads):
+        param.grad = None if grad is None else grad.clone()
+    params.given_grads = [param.grad for param in params]
+    return params
+
+
+def _torch_clipped(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_ on parameters with these gradients: (norm, clipped gradients)."""
+    params = parameters_with_grads([torch.zeros_like(g) if g is not None else torch.zeros(1) for g in grads], grads)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return norm, [p.grad for p in params]
+
+
+def _learner_clipped(t, grads, max_norm, how="iterable"):
+    """The learner's clip_grad_norm on worker-side parameters: (returned norm, gradients afterwards)."""
+    values = [torch.zeros_like(g) if g is not None else torch.zeros(1) for g in grads]
+    params = t.learner("checks.ch05").parameters_with_grads(values, list(grads))
+    if how == "generator":
+        argument = params.parameters()
+    elif how == "tensor":
+        argument = params.get_parameter("0")
+    else:
+        argument = params  # an nn.ParameterList: an iterable of parameters
+    norm = t.learner("training").clip_grad_norm(argument, max_norm)
+    return norm, [t.value(params.get_parameter(str(i)).grad) for i in range(len(grads))]
+
+
+@visible_check("5.9")
+def matches_torch_clip_grad_norm(t):
+    """three float64 gradients of global norm about 17 clipped to 1: the norm before and the gradients equal torch's"""
+    grads = [3.0 * _randn(90, 4, 3), 3.0 * _randn(91, 5), 3.0 * _randn(92, 2, 2, 2)]
+    norm, clipped = _learner_clipped(t, grads, 1.0)
+    expected_norm, expected = _torch_clipped(grads, 1.0)
+    t.close(norm, expected_norm, atol=1e-12, rtol=1e-12, what="returned norm")
+    for i, (g, e) in enumerate(zip(clipped, expected)):
+        t.close(g, e, atol=1e-12, rtol=1e-12, what=f"gradient {i}")
+
+
+@visible_check("5.9")
+def small_gradients_are_left_alone(t):
+    """gradients of norm 5 under max_norm 10 are unchanged: [3, 4] gives tensor(5.) and stays [3, 4]"""
+    norm, clipped = _learner_clipped(t, [torch.tensor([3.0, 4.0], dtype=F64)], 10.0)
+    t.close(norm, torch.tensor(5.0, dtype=F64), atol=1e-12, rtol=0, what="returned norm")
+    t.close(clipped[0], torch.tensor([3.0, 4.0], dtype=F64), atol=1e-12, rtol=0, what="gradient")
+
+
+@visible_check("5.9")
+def skips_missing_gradients_in_a_generator(t):
+    """model.parameters()-style generator with a parameter that has no .grad: it is skipped, the rest clipped"""
+    grads = [2.0 * _randn(93, 3, 3), None, 2.0 * _randn(94, 6)]
+    norm, clipped = _learner_clipped(t, grads, 0.5, how="generator")
+    expected_norm, expected = _torch_clipped(grads, 0.5)
+    t.close(norm, expected_norm, atol=1e-12, rtol=1e-12, what="returned norm")
+    t.equal(clipped[1], None, what="the gradient that was None")
+    for i in (0, 2):
+        t.close(clipped[i], expected[i], atol=1e-12, rtol=1e-12, what=f"gradient {i}")
+
+
+@visible_check("5.9", inputs=True)
+def rejects_a_bad_max_norm(t):
+    """max_norm of 0 or -1 raises ValueError"""
+    for max_norm in (0, -1.0):
+        params = t.learner("checks.ch05").parameters_with_grads([torch.zeros(2)], [torch.ones(2)])
+        t.raises(ValueError, t.learner("training").clip_grad_norm, params, max_norm)
