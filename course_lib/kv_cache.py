@@ -256,6 +256,30 @@ def gpt2_forward(model: GPT, ids: torch.Tensor, cache: KVCache, offset: int = 0)
     return model.ln_f(x) @ model.embed.token.weight.T  # (batch, seq, vocab)
 
 
+class _Remembering(torch.nn.Module):
+    """A model that remembers what it has read: called, as ``sampling.generate`` calls a model, on the
+    whole text so far, it runs only the tokens it has not seen, through a KV cache.
+
+    It answers ``(batch, seq)`` ids with ``(batch, seq, vocab)`` logits of which only the last position is
+    computed; the others repeat it (a view, no copy). ``sampling.generate`` reads only the last position.
+    """
+
+    def __init__(self, model, step, cache: KVCache):
+        super().__init__()
+        self.model, self.config, self._step, self._cache, self._seen = model, model.config, step, cache, 0
+        self.training = model.training  # generate restores the mode it finds: the model's own
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.model.train(mode)
+        return self
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self._step(ids[:, self._seen :], cache=self._cache, offset=self._seen)  # (batch, new, vocab)
+        self._seen = ids.shape[1]
+        return logits[:, -1:].expand(ids.shape[0], ids.shape[1], logits.shape[-1])  # (batch, seq, vocab)
+
+
 def generate(
     model,
     ids: torch.Tensor,
@@ -267,11 +291,11 @@ def generate(
 ) -> torch.Tensor:
     """Chapter 5's ``sampling.generate``, decoding with a KV cache: the same tokens, sooner.
 
-    One forward pass over the prompt (the *prefill*) fills a cache sized for the prompt and the new
-    tokens; each later step runs the model on the one token chosen last. The choices follow
-    ``sampling.generate`` exactly (``temperature=0``: greedy; otherwise your ``next_token_probs`` and one
-    ``torch.multinomial`` draw per step, from a generator seeded with ``seed``), so both give the same
-    tokens, up to ties that rounding can break differently.
+    It *is* your ``sampling.generate`` (Exercise 5.6), handed a model that remembers: the first
+    call runs the prompt through the model once (the *prefill*) and fills a cache sized for the
+    prompt and the new tokens; each later call runs only the one token chosen last. The loop, the
+    choices and the randomness are untouched, so both give the same tokens (up to ties that
+    rounding can break differently).
 
     Args:
         model: a :class:`course_lib.gpt.GPT` or a :class:`course_lib.llama.Llama` (anything whose
@@ -287,41 +311,21 @@ def generate(
     Raises:
         ValueError: for the arguments ``sampling.generate`` refuses, or a text longer than the context.
     """
-    from .sampling import next_token_probs
+    from .sampling import generate as generate_text
 
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] < 1 or ids.is_floating_point():
         raise ValueError(f"ids must be an integer tensor of shape (batch, seq) with seq >= 1, got {_describe(ids)}")
     if type(max_new_tokens) is not int or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if type(temperature) not in (int, float) or temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature!r}")
     batch, prompt = ids.shape
     total, context = prompt + max_new_tokens, model.config.context_length
     if total > context:
         raise ValueError(f"{prompt} prompt tokens and {max_new_tokens} new ones do not fit the context of {context}")
     if max_new_tokens == 0:
-        return ids.clone()
+        return generate_text(model, ids, 0, temperature, top_k, top_p, seed)
     step = (lambda x, cache, offset: gpt2_forward(model, x, cache, offset)) if isinstance(model, GPT) else model
     cache = KVCache.for_model(model, batch, max_seq_len=total - 1)  # the last token is chosen, never read
-    g = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = ids
-            logits = step(ids, cache=cache, offset=0)[:, -1, :]  # the prefill: (batch, vocab)
-            for i in range(max_new_tokens):
-                if temperature == 0:
-                    nxt = logits.argmax(dim=-1, keepdim=True)  # (batch, 1)
-                else:
-                    probs = next_token_probs(logits, temperature, top_k, top_p)
-                    nxt = torch.multinomial(probs, num_samples=1, generator=g)  # (batch, 1)
-                out = torch.cat([out, nxt.to(out.dtype)], dim=1)
-                if i + 1 < max_new_tokens:
-                    logits = step(nxt, cache=cache, offset=out.shape[1] - 1)[:, -1, :]  # one token
-    finally:
-        model.train(was_training)
-    return out
+    return generate_text(_Remembering(model, step, cache), ids, max_new_tokens, temperature, top_k, top_p, seed)
 
 
 def time_generation(model, ids: torch.Tensor, max_new_tokens: int, use_cache: bool = True, repeats: int = 3) -> float:

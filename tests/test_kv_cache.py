@@ -163,6 +163,9 @@ def test_generation_restores_the_training_mode_and_handles_no_new_tokens():
     assert torch.equal(kv_cache.generate(model, prompt, 0), prompt)
     kv_cache.generate(model, prompt, 2, temperature=0)
     assert model.training
+    model.eval()
+    kv_cache.generate(model, prompt, 2, temperature=0)
+    assert not model.training
 
 
 @pytest.mark.parametrize(
