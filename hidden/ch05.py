@@ -6,6 +6,7 @@ They may compute expected values with ``t.reference(module)``.
 """
 
 from course_lib.checks import learner_model
+from course_lib.checks.ch05 import torch_schedule
 
 import torch
 import torch.nn.functional as F
@@ -641,28 +642,6 @@ def rejects_bad_ids_and_sizes(t):
 # -- 5.8 lr_at ----------------------------------------------------------------------------------------
 
 
-def _torch_rates(max_lr, warmup_steps, total_steps, min_lr):
-    """PyTorch's scheduler chain (no warm-up: the cosine alone), the rate before each step of the run."""
-    import warnings
-
-    param = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.SGD([param], lr=max_lr)
-    sched = torch.optim.lr_scheduler
-    cosine = sched.CosineAnnealingLR(opt, T_max=total_steps - warmup_steps, eta_min=min_lr)
-    chain = cosine
-    if warmup_steps:
-        warmup = sched.LinearLR(opt, start_factor=1 / warmup_steps, total_iters=max(warmup_steps - 1, 1))
-        chain = sched.SequentialLR(opt, [warmup, cosine], milestones=[warmup_steps])
-    rates = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(total_steps):
-            rates.append(opt.param_groups[0]["lr"])
-            opt.step()
-            chain.step()
-    return rates
-
-
 @hidden_test("5.8")
 def matches_torch_schedulers_on_many_runs(t):
     """several warm-ups (none, 1, 2, most of the run), run lengths, rates and floors equal PyTorch's schedulers"""
@@ -675,7 +654,7 @@ def matches_torch_schedulers_on_many_runs(t):
         (1e-2, 45, 50, 1e-3),
         (5e-3, 7, 200, 5e-3),
     ):
-        for step, expected in enumerate(_torch_rates(max_lr, warmup_steps, total_steps, min_lr)):
+        for step, expected in enumerate(torch_schedule(max_lr, warmup_steps, total_steps, min_lr)):
             got = lib.lr_at(step, max_lr, warmup_steps, total_steps, min_lr)
             t.close(got, expected, atol=1e-15, rtol=1e-9, what=f"warm-up {warmup_steps} of {total_steps}, step {step}")
 
