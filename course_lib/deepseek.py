@@ -1,0 +1,435 @@
+"""Part III's model — DeepSeek: its configuration, and its size counted from the configuration alone.
+
+DeepSeek-V2 [DeepSeek-AI, 2024, arXiv:2405.04434] and DeepSeek-V3 [DeepSeek-AI, 2024,
+arXiv:2412.19437] keep Llama's shape (Part II: RMSNorm, pre-norm blocks, SwiGLU, RoPE) and change two
+things inside every block:
+
+    h   = x + MLA(RMSNorm_1(x))       # Multi-head Latent Attention: a compressed cache (Chapter 10)
+    out = h + MoE(RMSNorm_2(h))       # a Mixture of Experts instead of one feed-forward (Chapter 11)
+
+The first ``n_dense_layers`` blocks keep a dense SwiGLU; V3 adds Multi-token Prediction modules
+(Chapter 12) and trains in FP8 (Chapter 13). This module holds the one description of those sizes
+that every chapter of Part III reads: :class:`DeepSeekConfig`, with V2's and V3's published
+configurations, and :func:`count_parameters`, the parameter count by formula (total, active per
+token, with or without the MTP modules) — V3's 671B and 37B, V2's 236B and 21B.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+#: The fields of Hugging Face's ``DeepseekV3Config`` (and of DeepSeek's ``config.json`` files) that
+#: each :class:`DeepSeekConfig` field corresponds to.
+HF_NAMES = {
+    "vocab_size": "vocab_size",
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "d_ff": "intermediate_size",
+    "context_length": "max_position_embeddings",
+    "q_lora_rank": "q_lora_rank",
+    "kv_lora_rank": "kv_lora_rank",
+    "qk_nope_head_dim": "qk_nope_head_dim",
+    "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim",
+    "n_routed_experts": "n_routed_experts",
+    "n_shared_experts": "n_shared_experts",
+    "n_activated_experts": "num_experts_per_tok",
+    "moe_d_ff": "moe_intermediate_size",
+    "n_groups": "n_group",
+    "n_limited_groups": "topk_group",
+    "route_scale": "routed_scaling_factor",
+    "norm_topk_prob": "norm_topk_prob",
+    "n_dense_layers": "first_k_dense_replace",
+    "n_mtp_layers": "num_nextn_predict_layers",
+    "norm_eps": "rms_norm_eps",
+    "rope_interleaved": "rope_interleave",
+}
+
+
+def _is_positive_int(value) -> bool:
+    return type(value) is int and value > 0
+
+
+def _is_positive_number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
+
+
+@dataclass(frozen=True)
+class DeepSeekConfig:
+    """The sizes of a DeepSeek-V2/V3-style model (frozen: derive variants with :meth:`replace`).
+
+    Attributes:
+        vocab_size: the number of token ids (V3: 129,280).
+        d_model: the width of every token vector (``hidden_size``; V3: 7,168).
+        n_layers: the number of blocks in the main model, MTP modules not included (V3: 61).
+        n_heads: attention heads (V3: 128).
+        d_ff: the hidden width of the dense SwiGLU of the first ``n_dense_layers`` blocks (V3: 18,432).
+        context_length: the most positions the model reads (``max_position_embeddings``); the RoPE
+            tables and a cache cover this many.
+        q_lora_rank: the width of the compressed query (V3: 1,536); ``None`` projects queries
+            directly, without compression (as DeepSeek-V2-Lite does).
+        kv_lora_rank: the width of the latent that keys and values are compressed into (V3: 512).
+        qk_nope_head_dim: per head, the query/key features without RoPE (V3: 128).
+        qk_rope_head_dim: per head, the query/key features RoPE rotates; the RoPE key is shared by all
+            heads (V3: 64). Must be even.
+        v_head_dim: per head, the value features (V3: 128).
+        n_routed_experts: routed experts per MoE layer (V3: 256).
+        n_shared_experts: experts every token goes through (V3: 1).
+        n_activated_experts: routed experts each token is sent to, top-k (V3: 8).
+        moe_d_ff: the hidden width of one expert's SwiGLU (V3: 2,048).
+        n_groups: the routed experts are split into this many equal groups (V3: 8).
+        n_limited_groups: a token's experts come from at most this many groups (V3: 4).
+        route_scale: the factor the routed experts' gates are multiplied by (V3: 2.5).
+        score_func: ``"sigmoid"`` (V3's affinities) or ``"softmax"`` (V2's).
+        norm_topk_prob: whether the selected gates are renormalised to sum to one (V3: yes).
+        n_dense_layers: the first blocks keep a dense SwiGLU (V3: 3).
+        n_mtp_layers: Multi-token Prediction modules (V3: 1; V2: 0).
+        rope_base: the base of RoPE's frequencies (``rope_theta``: 10,000).
+        norm_eps: the RMSNorms' ``eps`` (1e-6).
+        rope_interleaved: whether RoPE rotates adjacent pairs (DeepSeek's layout, Chapter 7) rather
+            than the two halves.
+
+    Raises:
+        ValueError: for a size that is not a positive ``int``; a rank not smaller than ``d_model``
+            (a "compression" that does not compress); an odd ``qk_rope_head_dim``; top-k larger than
+            the routed experts; groups that do not divide the routed experts; kept groups that
+            cannot supply top-k experts; more dense layers than layers; an unknown ``score_func``.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    context_length: int
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    n_routed_experts: int
+    n_shared_experts: int
+    n_activated_experts: int
+    moe_d_ff: int
+    n_groups: int = 1
+    n_limited_groups: int = 1
+    route_scale: float = 1.0
+    score_func: str = "sigmoid"
+    norm_topk_prob: bool = True
+    n_dense_layers: int = 1
+    n_mtp_layers: int = 1
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    rope_interleaved: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "context_length",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "n_routed_experts",
+            "n_activated_experts",
+            "moe_d_ff",
+            "n_groups",
+            "n_limited_groups",
+        ):
+            if not _is_positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("n_shared_experts", "n_dense_layers", "n_mtp_layers"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.q_lora_rank is not None and not _is_positive_int(self.q_lora_rank):
+            raise ValueError(f"q_lora_rank must be None or a positive int, got {self.q_lora_rank!r}")
+        for name in ("q_lora_rank", "kv_lora_rank"):
+            rank = getattr(self, name)
+            if rank is not None and rank >= self.d_model:
+                raise ValueError(
+                    f"{name} ({rank}) must be smaller than d_model ({self.d_model}): "
+                    "a low-rank projection that is not narrower than its input compresses nothing"
+                )
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
+        if self.n_activated_experts > self.n_routed_experts:
+            raise ValueError(
+                f"n_activated_experts (top-k = {self.n_activated_experts}) cannot exceed "
+                f"n_routed_experts ({self.n_routed_experts})"
+            )
+        if self.n_routed_experts % self.n_groups:
+            raise ValueError(
+                f"n_groups ({self.n_groups}) must divide n_routed_experts ({self.n_routed_experts}): "
+                "the experts are split into equal groups"
+            )
+        if self.n_limited_groups > self.n_groups:
+            raise ValueError(f"n_limited_groups ({self.n_limited_groups}) cannot exceed n_groups ({self.n_groups})")
+        if self.n_limited_groups * self.experts_per_group < self.n_activated_experts:
+            raise ValueError(
+                f"{self.n_limited_groups} kept groups of {self.experts_per_group} experts cannot supply "
+                f"top-k = {self.n_activated_experts} experts"
+            )
+        if self.n_dense_layers > self.n_layers:
+            raise ValueError(f"n_dense_layers ({self.n_dense_layers}) cannot exceed n_layers ({self.n_layers})")
+        if self.score_func not in ("sigmoid", "softmax"):
+            raise ValueError(f"score_func must be 'sigmoid' or 'softmax', got {self.score_func!r}")
+        if not _is_positive_number(self.route_scale):
+            raise ValueError(f"route_scale must be a positive number, got {self.route_scale!r}")
+        if not (_is_positive_number(self.rope_base) and self.rope_base > 1):
+            raise ValueError(f"rope_base must be a finite number above 1, got {self.rope_base!r}")
+        if not _is_positive_number(self.norm_eps):
+            raise ValueError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
+        for name in ("norm_topk_prob", "rope_interleaved"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    # ---- derived sizes ---------------------------------------------------------------
+
+    @property
+    def qk_head_dim(self) -> int:
+        """The width of one head's query and key: the part without RoPE plus the rotated part (V3: 192)."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def n_moe_layers(self) -> int:
+        """Blocks whose feed-forward is a Mixture of Experts (V3: 58)."""
+        return self.n_layers - self.n_dense_layers
+
+    @property
+    def experts_per_group(self) -> int:
+        return self.n_routed_experts // self.n_groups
+
+    def replace(self, **changes) -> DeepSeekConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # ---- published models and small ones ---------------------------------------------
+
+    @classmethod
+    def v3(cls, **overrides) -> DeepSeekConfig:
+        """DeepSeek-V3 (671B): the V3 report's §4.2 hyper-parameters and its released ``config.json``
+        (the defaults of Hugging Face's ``DeepseekV3Config``). ``context_length`` is the released
+        163,840 positions (4,096 in pre-training, extended with YaRN, which this course omits)."""
+        fields = dict(
+            vocab_size=129280,
+            d_model=7168,
+            n_layers=61,
+            n_heads=128,
+            d_ff=18432,
+            context_length=163840,
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            n_routed_experts=256,
+            n_shared_experts=1,
+            n_activated_experts=8,
+            moe_d_ff=2048,
+            n_groups=8,
+            n_limited_groups=4,
+            route_scale=2.5,
+            score_func="sigmoid",
+            norm_topk_prob=True,
+            n_dense_layers=3,
+            n_mtp_layers=1,
+        )
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def v2(cls, **overrides) -> DeepSeekConfig:
+        """DeepSeek-V2 (236B): the V2 report's §3.1.2 hyper-parameters (60 layers, width 5,120, 128
+        heads, d_c 512, d_c' 1,536, d_h^R 64; the first layer dense; 2 shared and 160 routed experts of
+        width 1,536, 6 activated; device-limited routing to 3 of 8 groups) with its released
+        ``config.json``'s vocabulary (102,400), dense width (12,288), softmax scores without
+        renormalisation and route scale 16. V2 has no MTP module."""
+        fields = dict(
+            vocab_size=102400,
+            d_model=5120,
+            n_layers=60,
+            n_heads=128,
+            d_ff=12288,
+            context_length=163840,
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            n_routed_experts=160,
+            n_shared_experts=2,
+            n_activated_experts=6,
+            moe_d_ff=1536,
+            n_groups=8,
+            n_limited_groups=3,
+            route_scale=16.0,
+            score_func="softmax",
+            norm_topk_prob=False,
+            n_dense_layers=1,
+            n_mtp_layers=0,
+        )
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> DeepSeekConfig:
+        """A small model with V3's structure and odd sizes, for tests and notebooks: width 48, 3
+        heads, ranks 24 (queries) and 16 (latent), head widths 10 + 6 (RoPE) and 12 (values), 12 routed
+        experts in 4 groups of 3 (2 groups kept, top-3) plus 1 shared, expert width 20, one dense
+        layer of width 72 then two MoE layers, vocabulary 101, 64 positions."""
+        fields = dict(
+            vocab_size=101,
+            d_model=48,
+            n_layers=3,
+            n_heads=3,
+            d_ff=72,
+            context_length=64,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_nope_head_dim=10,
+            qk_rope_head_dim=6,
+            v_head_dim=12,
+            n_routed_experts=12,
+            n_shared_experts=1,
+            n_activated_experts=3,
+            moe_d_ff=20,
+            n_groups=4,
+            n_limited_groups=2,
+            route_scale=2.5,
+            n_dense_layers=1,
+            n_mtp_layers=1,
+        )
+        return cls(**{**fields, **overrides})
+
+    # ---- Hugging Face ----------------------------------------------------------------
+
+    def hf_kwargs(self) -> dict:
+        """Keyword arguments for ``transformers.DeepseekV3Config`` describing the same model.
+
+        Hugging Face's DeepSeek-V3 router is sigmoid-only, so a softmax configuration (V2's) has
+        none; DeepSeek-V2 has its own ``deepseek_v2`` model there.
+        """
+        if self.score_func != "sigmoid":
+            raise ValueError("Hugging Face's DeepseekV3Config routes with sigmoid scores; this config uses softmax")
+        kwargs = {HF_NAMES[name]: value for name, value in asdict(self).items() if name in HF_NAMES}
+        kwargs["num_key_value_heads"] = self.n_heads
+        kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(self.rope_base)}
+        kwargs["hidden_act"] = "silu"
+        kwargs["attention_bias"] = False
+        kwargs["tie_word_embeddings"] = False
+        return kwargs
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> DeepSeekConfig:
+        """The configuration a Hugging Face / DeepSeek ``config.json`` describes (a dict).
+
+        Raises ``ValueError`` for a feature the course's model does not implement: a RoPE scaling
+        such as YaRN, biases on the attention projections, or a scoring function other than
+        sigmoid/softmax.
+        """
+        if not isinstance(hf, dict):
+            raise ValueError(f"expected the config.json contents as a dict, got {type(hf).__name__}")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in ("default", None):
+            raise ValueError(f"RoPE scaling {kind!r} is not implemented by the course")
+        if hf.get("attention_bias"):
+            raise ValueError("attention projections with biases are not implemented by the course")
+        fields = {}
+        for name, hf_name in HF_NAMES.items():
+            if hf_name in hf:
+                fields[name] = hf[hf_name]
+            elif hf_name == "num_nextn_predict_layers" and "num_mtp_layers" in hf:
+                fields[name] = hf["num_mtp_layers"]
+        missing = [HF_NAMES[name] for name in ("vocab_size", "d_model", "n_layers", "n_heads") if name not in fields]
+        if missing:
+            raise ValueError(f"config.json lacks {', '.join(missing)}")
+        fields.setdefault("n_mtp_layers", 0)
+        fields["rope_base"] = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        fields["score_func"] = hf.get("scoring_func", "sigmoid")
+        return cls(**fields)
+
+
+# --------------------------------------------------------------------------------------
+# Parameters, counted from the configuration
+# --------------------------------------------------------------------------------------
+
+
+def _linear(d_in: int, d_out: int) -> int:
+    return d_in * d_out  # no biases anywhere in DeepSeek's projections
+
+
+def _swiglu(d_model: int, d_ff: int) -> int:
+    return 3 * d_model * d_ff  # gate, up and down projections
+
+
+def parameter_breakdown(config: DeepSeekConfig) -> dict[str, int]:
+    """The parameters of each kind of component, for one copy of it (Python ``int`` values).
+
+    Keys: ``embedding`` (the token table, ``V d``), ``head`` (the untied output projection, ``V d``),
+    ``final_norm``; per block ``attention`` (MLA's projections and its two RMSNorms),
+    ``block_norms`` (the two RMSNorms around attention and feed-forward), ``dense_ffn`` (one dense
+    SwiGLU), ``expert`` (one routed expert's SwiGLU), ``shared_experts`` (all shared experts of a
+    layer), ``router`` (the gate's ``n_routed_experts × d`` matrix; its routing-bias buffer is not a
+    parameter); per MTP module ``mtp_extra`` (its two RMSNorms, the ``2d → d`` projection and the norm
+    before the shared head), its block being one MoE block.
+    """
+    if not isinstance(config, DeepSeekConfig):
+        raise ValueError(f"config must be a DeepSeekConfig, got {type(config).__name__}")
+    c = config
+    d, heads = c.d_model, c.n_heads
+    if c.q_lora_rank is None:
+        query = _linear(d, heads * c.qk_head_dim)
+    else:  # down-projection, its RMSNorm, up-projection
+        query = _linear(d, c.q_lora_rank) + c.q_lora_rank + _linear(c.q_lora_rank, heads * c.qk_head_dim)
+    key_value = (
+        _linear(d, c.kv_lora_rank + c.qk_rope_head_dim)  # the latent and the shared RoPE key
+        + c.kv_lora_rank  # the latent's RMSNorm
+        + _linear(c.kv_lora_rank, heads * (c.qk_nope_head_dim + c.v_head_dim))
+    )
+    return {
+        "embedding": c.vocab_size * d,
+        "head": c.vocab_size * d,
+        "final_norm": d,
+        "attention": query + key_value + _linear(heads * c.v_head_dim, d),
+        "block_norms": 2 * d,
+        "dense_ffn": _swiglu(d, c.d_ff),
+        "expert": _swiglu(d, c.moe_d_ff),
+        "shared_experts": _swiglu(d, c.moe_d_ff * c.n_shared_experts) if c.n_shared_experts else 0,
+        "router": c.n_routed_experts * d,
+        "mtp_extra": 2 * d + _linear(2 * d, d) + d,
+    }
+
+
+def count_parameters(config: DeepSeekConfig, active: bool = False, mtp: bool = False) -> int:
+    """The number of parameters of the model ``config`` describes, from the sizes alone (an ``int``).
+
+    ``active=False`` counts every parameter, as Hugging Face's ``DeepseekV3ForCausalLM`` holds them
+    (V3: 671,026,404,352 — the V3 report's "671B"); the routing-bias buffers are not parameters.
+    ``active=True`` counts those one token's forward pass uses: every routed expert it is not sent
+    to is left out, ``n_activated_experts`` of ``n_routed_experts`` remain (V3: 37,552,282,624, the
+    report's "37B"; V2: 21.4B of 235.7B, its "21B" and "236B"). The embedding is counted in both,
+    as the reports do. ``mtp=True`` adds the MTP modules (each an MoE block, two RMSNorms, a
+    ``2d → d`` projection and a norm; the embedding and output head are the main model's, shared).
+    """
+    parts = parameter_breakdown(config)
+    c = config
+    experts = c.n_activated_experts if active else c.n_routed_experts
+    moe = experts * parts["expert"] + parts["shared_experts"] + parts["router"]
+    block = parts["attention"] + parts["block_norms"]
+    total = (
+        parts["embedding"]
+        + parts["head"]
+        + parts["final_norm"]
+        + c.n_layers * block
+        + c.n_dense_layers * parts["dense_ffn"]
+        + c.n_moe_layers * moe
+    )
+    if mtp:
+        total += c.n_mtp_layers * (parts["mtp_extra"] + block + moe)
+    return total

@@ -1,0 +1,112 @@
+"""DeepSeek's configuration and parameter counts against the published figures and Hugging Face's model."""
+
+from course_lib.deepseek import DeepSeekConfig, count_parameters, parameter_breakdown
+
+import pytest
+import torch
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+
+def hf_parameters(config: DeepSeekConfig) -> int:
+    # Built on the meta device: shapes without memory, so even V3's 671B count costs nothing.
+    with torch.device("meta"):
+        model = DeepseekV3ForCausalLM(DeepseekV3Config(**config.hf_kwargs()))
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_v3_matches_the_published_counts():
+    v3 = DeepSeekConfig.v3()
+    # Hugging Face's DeepseekV3ForCausalLM with V3's config (its defaults are V3's released config.json).
+    assert count_parameters(v3) == 671_026_404_352 == hf_parameters(v3)
+    # The V3 report's abstract: "671B total parameters with 37B activated for each token".
+    assert round(count_parameters(v3) / 1e9) == 671
+    assert count_parameters(v3, active=True) == 37_552_282_624
+    assert int(count_parameters(v3, active=True) / 1e9) == 37
+
+
+def test_v3_shapes_are_the_reports():
+    v3 = DeepSeekConfig.v3()
+    assert (v3.n_layers, v3.d_model, v3.n_heads, v3.vocab_size) == (61, 7168, 128, 129280)
+    assert (v3.q_lora_rank, v3.kv_lora_rank, v3.qk_nope_head_dim, v3.qk_rope_head_dim, v3.v_head_dim) == (
+        1536,
+        512,
+        128,
+        64,
+        128,
+    )
+    assert (v3.n_routed_experts, v3.n_shared_experts, v3.n_activated_experts, v3.moe_d_ff) == (256, 1, 8, 2048)
+    assert (v3.n_groups, v3.n_limited_groups, v3.route_scale, v3.n_dense_layers, v3.d_ff) == (8, 4, 2.5, 3, 18432)
+    assert v3.qk_head_dim == 192 and v3.n_moe_layers == 58 and v3.n_mtp_layers == 1
+    # The default DeepseekV3Config is V3's released configuration: the same fields.
+    assert DeepSeekConfig.from_hf(DeepseekV3Config().to_dict()) == v3.replace(context_length=4096)
+
+
+def test_v2_matches_its_report():
+    # V2 report abstract: "236B total parameters, of which 21B are activated for each token".
+    v2 = DeepSeekConfig.v2()
+    assert round(count_parameters(v2) / 1e9) == 236
+    assert round(count_parameters(v2, active=True) / 1e9) == 21
+    with pytest.raises(ValueError, match="sigmoid"):
+        v2.hf_kwargs()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"q_lora_rank": None, "n_shared_experts": 2, "n_dense_layers": 0},
+        {"n_layers": 2, "n_dense_layers": 2, "n_shared_experts": 0, "d_model": 40, "n_heads": 5},
+    ],
+)
+def test_counts_equal_hugging_faces_module(overrides):
+    config = DeepSeekConfig.tiny(**overrides)
+    assert count_parameters(config) == hf_parameters(config)
+
+
+def test_mtp_modules_and_active_counts():
+    config = DeepSeekConfig.tiny()
+    parts = parameter_breakdown(config)
+    moe_block = parts["attention"] + parts["block_norms"] + 12 * parts["expert"] + parts["shared_experts"]
+    moe_block += parts["router"]
+    assert count_parameters(config, mtp=True) - count_parameters(config) == parts["mtp_extra"] + moe_block
+    inactive = config.n_moe_layers * (12 - 3) * parts["expert"]
+    assert count_parameters(config) - count_parameters(config, active=True) == inactive
+    # MTP's extra parameters: two RMSNorms, the 2d -> d projection, the norm before the head.
+    assert parts["mtp_extra"] == 48 + 48 + 96 * 48 + 48
+
+
+def test_hugging_face_round_trip():
+    config = DeepSeekConfig.tiny(rope_base=500000.0, n_mtp_layers=2)
+    hf = DeepseekV3Config(**config.hf_kwargs())
+    assert DeepSeekConfig.from_hf(hf.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"n_activated_experts": 13}, "cannot exceed"),
+        ({"n_groups": 5}, "must divide"),
+        ({"n_limited_groups": 1, "n_activated_experts": 4}, "cannot supply"),
+        ({"kv_lora_rank": 48}, "smaller than d_model"),
+        ({"q_lora_rank": 60}, "smaller than d_model"),
+        ({"qk_rope_head_dim": 7}, "even"),
+        ({"n_dense_layers": 4}, "cannot exceed n_layers"),
+        ({"score_func": "relu"}, "sigmoid"),
+        ({"d_model": 48.0}, "positive int"),
+        ({"n_shared_experts": -1}, ">= 0"),
+        ({"norm_topk_prob": 1}, "True or False"),
+    ],
+)
+def test_bad_configs_are_refused_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DeepSeekConfig.tiny(**overrides)
+
+
+def test_from_hf_refuses_what_the_course_does_not_implement():
+    hf = DeepseekV3Config(**DeepSeekConfig.tiny().hf_kwargs()).to_dict()
+    with pytest.raises(ValueError, match="yarn"):
+        DeepSeekConfig.from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 40.0, "rope_theta": 1e4}})
+    with pytest.raises(ValueError, match="biases"):
+        DeepSeekConfig.from_hf({**hf, "attention_bias": True})
+    with pytest.raises(ValueError, match="dict"):
+        DeepSeekConfig.from_hf("config.json")
