@@ -433,3 +433,191 @@ def count_parameters(config: DeepSeekConfig, active: bool = False, mtp: bool = F
     if mtp:
         total += c.n_mtp_layers * (parts["mtp_extra"] + block + moe)
     return total
+
+
+# --------------------------------------------------------------------------------------
+# The model: Chapters 10-12's modules in Llama's frame
+# --------------------------------------------------------------------------------------
+
+# Chapters 10-12's modules import DeepSeekConfig from this file, so they are imported as modules
+# (bound now, their classes read when a model is built) rather than by name.
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from . import mla as _mla  # noqa: E402
+from . import moe as _moe  # noqa: E402
+from . import mtp as _mtp  # noqa: E402
+from .layers import RMSNorm, SwiGLU  # noqa: E402
+
+
+class DeepSeekBlock(nn.Module):
+    """One decoder layer: pre-norm MLA, then pre-norm feed-forward — a dense SwiGLU or an MoE.
+
+    Hugging Face's ``DeepseekV3DecoderLayer`` names: ``input_layernorm``, ``self_attn`` (a
+    :class:`~course_lib.mla.MultiHeadLatentAttention`), ``post_attention_layernorm`` and ``mlp`` (a
+    :class:`~course_lib.layers.SwiGLU` of width ``d_ff`` when ``moe`` is false, else a
+    :class:`~course_lib.moe.MoE`).
+    """
+
+    def __init__(self, config: DeepSeekConfig, moe: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.self_attn = _mla.MultiHeadLatentAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = _moe.MoE(config) if moe else SwiGLU(config.d_model, config.d_ff)
+
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, offset: int = 0) -> torch.Tensor:
+        """``(batch, seq, d_model)`` at positions ``offset ...`` to the same shape. Without a cache, the
+        naive MLA over the whole causal sequence; with a :class:`~course_lib.mla.LatentCache`, the
+        absorbed MLA reading and writing its layer ``layer``."""
+        h = self.input_layernorm(x)
+        if cache is None:
+            x = x + self.self_attn(h, offset)
+        else:
+            x = x + self.self_attn.forward_absorbed(h, cache, offset, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepSeekModel(nn.Module):
+    """The stack without the output head (Hugging Face's ``DeepseekV3Model``): ``embed_tokens``,
+    ``layers`` (the first ``n_dense_layers`` dense, the rest MoE) and the final ``norm``."""
+
+    def __init__(self, config: DeepSeekConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(
+            DeepSeekBlock(config, moe=i >= config.n_dense_layers) for i in range(config.n_layers)
+        )
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+
+    def forward(self, ids: torch.Tensor, cache=None, offset: int = 0) -> torch.Tensor:
+        """The final hidden states ``(batch, seq, d_model)``, after the last norm."""
+        x = self.embed_tokens(ids)  # (batch, seq, d_model)
+        for i, block in enumerate(self.layers):
+            x = block(x, cache, i, offset)
+        return self.norm(x)
+
+
+class DeepSeek(nn.Module):
+    """A DeepSeek-V3-style language model: :class:`DeepSeekModel`, an untied ``lm_head``, and
+    ``n_mtp_layers`` :class:`~course_lib.mtp.MTPModule` s (``mtp``), each with an MoE
+    :class:`DeepSeekBlock`, sharing the model's embedding and head.
+
+    The state dict uses Hugging Face's names (``model.embed_tokens``, ``model.layers.N.self_attn...``,
+    ``model.layers.N.mlp.experts.E.gate_proj``, ``model.layers.N.mlp.gate.e_score_correction_bias``,
+    ``model.norm``, ``lm_head``) plus ``mtp.K...`` for the MTP modules, which Hugging Face's model does
+    not hold. Weights are initialised with standard deviation 0.02, as Hugging Face's
+    ``initializer_range``; norms at one, routing biases at zero.
+    """
+
+    def __init__(self, config: DeepSeekConfig):
+        super().__init__()
+        if not isinstance(config, DeepSeekConfig):
+            raise ValueError(f"config must be a DeepSeekConfig, got {type(config).__name__}")
+        self.config = config
+        self.model = DeepSeekModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(
+            _mtp.MTPModule(config.d_model, DeepSeekBlock(config, moe=config.n_routed_experts > 0), config.norm_eps)
+            for _ in range(config.n_mtp_layers)
+        )
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding, _moe.Router)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, ids: torch.Tensor, cache=None, offset: int = 0) -> torch.Tensor:
+        """Logits ``(batch, seq, vocab_size)`` for token ids ``(batch, seq)`` at positions ``offset ...``
+        (a :class:`~course_lib.mla.LatentCache` from :meth:`new_cache` to decode with it)."""
+        self._check_ids(ids, offset)
+        return self.lm_head(self.model(ids, cache, offset))
+
+    def forward_with_mtp(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The main logits ``(batch, T, vocab)`` and, for each MTP depth ``k = 1 ... D``, logits of shape
+        ``(batch, T - k, vocab)``: module ``k`` pairs the first ``T - k`` hidden states of depth ``k - 1``
+        with the tokens ``ids[:, k:]`` and predicts the tokens ``k + 1`` ahead (Chapter 12)."""
+        self._check_ids(ids, 0)
+        if len(self.mtp) >= ids.shape[1]:
+            raise ValueError(f"{ids.shape[1]} tokens are too few for {len(self.mtp)} MTP depths")
+        hidden = self.model(ids)
+        logits, per_depth = self.lm_head(hidden), []
+        for k, module in enumerate(self.mtp, start=1):
+            depth_logits, hidden = module(hidden[:, :-1], ids[:, k:], self.model.embed_tokens, self.lm_head)
+            per_depth.append(depth_logits)
+        return logits, per_depth
+
+    def new_cache(self, batch: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None):
+        """An empty :class:`~course_lib.mla.LatentCache` for every layer of the model."""
+        dtype = self.lm_head.weight.dtype if dtype is None else dtype
+        return _mla.LatentCache.for_config(
+            self.config, batch, max_seq_len, dtype=dtype, device=self.lm_head.weight.device
+        )
+
+    def _check_ids(self, ids, offset) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.ndim != 2:
+            raise ValueError(f"ids must be an int64 tensor of shape (batch, seq), got {ids!r:.80}")
+        if ids.shape[1] < 1 or offset + ids.shape[1] > self.config.context_length:
+            raise ValueError(
+                f"positions {offset} to {offset + ids.shape[1] - 1} do not fit the context length "
+                f"{self.config.context_length}"
+            )
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, state: dict) -> None:
+        """Load a Hugging Face ``DeepseekV3ForCausalLM`` state dict (experts stacked or one by one)."""
+        own = self.state_dict()
+        # Hugging Face builds zero-width shared experts for n_shared_experts = 0; the course builds none.
+        state = {k: v for k, v in _moe.experts_from_hf(dict(state)).items() if v.numel() or k in own}
+        # The main model only: Hugging Face's model has no MTP modules to copy.
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [name for name in missing if not name.startswith("mtp.")]
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> DeepSeek:
+        """A model read from a checkpoint directory (``config.json`` and ``*.safetensors``): one that
+        Hugging Face's ``save_pretrained`` wrote, or DeepSeek's layout, where FP8 weights come with
+        their ``weight_scale_inv`` (dequantized here, Chapter 13) and the MTP module ``k`` is stored as
+        layer ``n_layers + k`` with copies of the embedding and head."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} holds no config.json")
+        hf_config = json.loads((path / "config.json").read_text())
+        config = DeepSeekConfig.from_hf(hf_config)
+        # DeepSeek's FP8 release: "weight_block_size": [128, 128] (README_WEIGHTS.md)
+        block = (hf_config.get("quantization_config") or {}).get("weight_block_size", [128, 128])
+        if len(set(block)) != 1:
+            raise ValueError(f"only square FP8 blocks are implemented, got weight_block_size {block}")
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"{path} holds no .safetensors file")
+        state = {}
+        for file in files:
+            state.update(load_file(file))
+        from .fp8 import dequantize_state_dict
+
+        state = _moe.experts_from_hf(dequantize_state_dict(state, block_size=block[0], dtype=dtype))
+        renamed = {}
+        for name, tensor in state.items():
+            parts = name.split(".")
+            if name.startswith("model.layers.") and int(parts[2]) >= config.n_layers:
+                k = int(parts[2]) - config.n_layers
+                rest = ".".join(parts[3:])
+                if rest in ("embed_tokens.weight", "shared_head.head.weight"):
+                    continue  # copies of the shared embedding and head
+                if not rest.startswith(("enorm", "hnorm", "eh_proj", "shared_head")):
+                    rest = "block." + rest
+                name = f"mtp.{k}.{rest}"
+            renamed[name] = tensor
+        model = cls(config).to(dtype)
+        missing, unexpected = model.load_state_dict(renamed, strict=False)
+        if not any(name.startswith("mtp.") for name in renamed):  # Hugging Face's checkpoints hold no MTP module
+            missing = [name for name in missing if not name.startswith("mtp.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model

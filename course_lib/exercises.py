@@ -36,6 +36,11 @@ EXERCISE_MODULES = (
     "kv_cache",
     "memory",
     "gqa",
+    "mla",
+    "moe",
+    "mtp",
+    "quantization",
+    "fp8",
 )
 
 SOLUTIONS_ENV = "COURSE_LIB_SOLUTIONS"

@@ -1,6 +1,6 @@
 """DeepSeek's configuration and parameter counts against the published figures and Hugging Face's model."""
 
-from course_lib.deepseek import DeepSeekConfig, count_parameters, parameter_breakdown
+from course_lib.deepseek import DeepSeek, DeepSeekConfig, count_parameters, parameter_breakdown
 
 import pytest
 import torch
@@ -110,3 +110,104 @@ def test_from_hf_refuses_what_the_course_does_not_implement():
         DeepSeekConfig.from_hf({**hf, "attention_bias": True})
     with pytest.raises(ValueError, match="dict"):
         DeepSeekConfig.from_hf("config.json")
+
+
+# ---- the full model against Hugging Face's DeepseekV3ForCausalLM ------------------------------------
+
+FULL_MODEL_SHAPES = [
+    {},  # one dense layer, two MoE layers, compressed queries
+    {"q_lora_rank": None, "n_shared_experts": 2, "n_dense_layers": 0, "rope_base": 500000.0},
+    {"n_shared_experts": 0, "n_groups": 1, "n_limited_groups": 1, "n_activated_experts": 5, "d_model": 40},
+]
+
+
+def hugging_face_model(config: DeepSeekConfig, seed: int = 0):
+    torch.manual_seed(seed)
+    hf = DeepseekV3ForCausalLM(DeepseekV3Config(**config.hf_kwargs(), attn_implementation="eager")).eval()
+    with torch.no_grad():  # a routing bias that changes which experts win, as a trained one does
+        for name, buffer in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.1)
+    return hf
+
+
+@pytest.mark.parametrize("overrides", FULL_MODEL_SHAPES)
+def test_full_model_equals_hugging_faces(overrides):
+    config = DeepSeekConfig.tiny(**overrides)
+    hf = hugging_face_model(config)
+    model = DeepSeek(config).eval()
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(config, mtp=True)
+    model.load_hf_state_dict(hf.state_dict())
+    ids = torch.randint(0, config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        torch.testing.assert_close(model(ids), expected, rtol=0, atol=1e-5)
+        # Prefill then one token at a time over the absorbed latent cache: the same logits.
+        cache = model.new_cache(batch=2, max_seq_len=19)
+        steps = [model(ids[:, :11], cache, 0)] + [model(ids[:, t : t + 1], cache, t) for t in range(11, 19)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-5)
+
+
+def test_from_pretrained_reads_a_hugging_face_checkpoint(tmp_path):
+    config = DeepSeekConfig.tiny(n_mtp_layers=0)
+    hf = hugging_face_model(config, seed=3)
+    hf.save_pretrained(tmp_path)
+    model = DeepSeek.from_pretrained(tmp_path).eval()
+    assert model.config == config
+    ids = torch.randint(0, config.vocab_size, (1, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_mtp_depths_and_bad_input():
+    config = DeepSeekConfig.tiny(n_mtp_layers=2)
+    model = DeepSeek(config).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, per_depth = model.forward_with_mtp(ids)
+    assert logits.shape == (2, 9, 101) and [tuple(x.shape) for x in per_depth] == [(2, 8, 101), (2, 7, 101)]
+    with pytest.raises(ValueError, match="too few"):
+        model.forward_with_mtp(ids[:, :2])
+    with pytest.raises(ValueError, match="int64"):
+        model(ids.float())
+    with pytest.raises(ValueError, match="context length"):
+        model(torch.zeros(1, 65, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"config\.json"):
+        DeepSeek.from_pretrained("/nonexistent")
+
+
+def test_from_pretrained_reads_deepseeks_fp8_layout_with_its_mtp_module(tmp_path):
+    """DeepSeek's own release: FP8 weights with block scales, and the MTP module stored as layer n_layers with
+    copies of the embedding and head (README_WEIGHTS.md). Loading dequantizes it exactly."""
+    from course_lib.fp8 import dequantize_state_dict, quantize_state_dict
+
+    from safetensors.torch import save_file
+
+    config = DeepSeekConfig.tiny()
+    torch.manual_seed(5)
+    source = DeepSeek(config).eval()
+    state = {}
+    for name, tensor in source.state_dict().items():
+        if name.startswith("mtp.0."):
+            rest = name[len("mtp.0.") :].removeprefix("block.")
+            name = f"model.layers.{config.n_layers}.{rest}"
+        state[name] = tensor
+    state[f"model.layers.{config.n_layers}.embed_tokens.weight"] = state["model.embed_tokens.weight"]
+    state[f"model.layers.{config.n_layers}.shared_head.head.weight"] = state["lm_head.weight"]
+    quantized = quantize_state_dict(state, block_size=16)
+    assert quantized["model.layers.0.self_attn.kv_b_proj.weight"].dtype == torch.float8_e4m3fn
+    save_file({k: v.clone().contiguous() for k, v in quantized.items()}, tmp_path / "model.safetensors")
+    hf = {**config.hf_kwargs(), "quantization_config": {"fmt": "e4m3", "weight_block_size": [16, 16]}}
+    (tmp_path / "config.json").write_text(__import__("json").dumps(hf))
+
+    loaded = DeepSeek.from_pretrained(tmp_path).eval()
+    # The reference: the source model holding the dequantized weights.
+    expected = DeepSeek(config).eval()
+    dequantized = dequantize_state_dict(quantize_state_dict(source.state_dict(), block_size=16), block_size=16)
+    expected.load_state_dict(dequantized)
+    ids = torch.randint(0, config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got_logits, got_mtp = loaded.forward_with_mtp(ids)
+        want_logits, want_mtp = expected.forward_with_mtp(ids)
+    torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_mtp[0], want_mtp[0], rtol=0, atol=1e-6)
