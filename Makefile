@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 export COURSE_DIR
 RUN := PYTHONPATH=$(CURDIR) $(VENV)/bin/
 
-.PHONY: setup lint format book test release autograde serve clean
+.PHONY: setup lint format book test release autograde report bench workspace grade-workspace serve clean
 
 setup: $(VENV)/.ready
 
@@ -51,9 +51,29 @@ test: setup
 release: setup
 	$(RUN)python -m grader.course release
 
-# JOBS=N judges N submissions at once (default: the number of cores).
+# JOBS=N judges N submissions at once (default: the number of cores). SHARD=k/n grades only the k-th of n shares
+# of the students (several graders, one PostgreSQL gradebook: see the README). Safe to kill and run again: what was
+# graded is kept; REGRADE=1 judges every submission again.
 autograde: setup
-	$(RUN)python -m grader.course autograde $(if $(JOBS),--jobs $(JOBS))
+	$(RUN)python -m grader.course autograde $(if $(JOBS),--jobs $(JOBS)) $(if $(SHARD),--shard $(SHARD)) \
+		$(if $(filter 1 yes true,$(REGRADE)),--regrade)
+
+# After make autograde: grades.csv again from the gradebook, and $(COURSE_DIR)/report/index.html with CSVs beside it.
+report: setup
+	$(RUN)python -m grader.course report
+
+# The benchmarks behind the book's performance appendix: bench/results.json, then the appendix re-executed (minutes).
+bench: setup
+	$(RUN)python -m bench.run_all
+
+# A learner studying alone: workspace/<chapter>/ for every chapter, the stubs a class gets (an existing one is kept).
+workspace: setup
+	$(RUN)python -m grader.workspace create
+
+# The workspace graded by the real grader, hidden tests included (CHAPTERS="ch01 ch02" for some): the scores,
+# and nbgrader's feedback page for each chapter in workspace/feedback/.
+grade-workspace: setup
+	$(RUN)python -m grader.workspace grade $(CHAPTERS)
 
 serve:
 	$(PYTHON) -m http.server $(PORT) --directory _build/html

@@ -15,7 +15,10 @@ Interleaving spreads any change in the machine's load over all the models alike;
 median time of each and the median, over rounds, of Hugging Face's time divided by the model's: its
 speed relative to Hugging Face's (above 1: faster), on the clock and in the CPU time the process
 spent (which other processes on a busy machine disturb less). Dropout is 0, so all models do the
-same arithmetic.
+same arithmetic, and all get the same work: the loss is computed outside every model (Hugging Face's
+is given no ``labels``), and Hugging Face's model keeps no key-value cache (``use_cache=False``; by
+default it copies every layer's keys and values into one during training too, which the course's GPT
+never does).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 
 
 def hugging_face_gpt2(vocab: int, context: int, width: int, layers: int, heads: int, seed: int):
-    """A freshly initialised ``GPT2LMHeadModel`` without dropout (transformers' default attention)."""
+    """A freshly initialised ``GPT2LMHeadModel`` (transformers' default attention), without dropout or KV cache."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
 
@@ -54,6 +57,7 @@ def hugging_face_gpt2(vocab: int, context: int, width: int, layers: int, heads: 
         attn_pdrop=0.0,
         bos_token_id=None,
         eos_token_id=None,
+        use_cache=False,  # the course's GPT keeps no key-value cache either: the same work for both
     )
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
@@ -83,21 +87,21 @@ def forward_only(model, ids: torch.Tensor) -> None:
     logits_of(model, ids)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--context", type=int, default=256, help="sequence length of the batch (default 256)")
-    parser.add_argument("--width", type=int, default=256, help="d_model (default 256)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds; the medians count (default 15)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: course_lib's choice)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def measure(
+    vocab: int = 4096,
+    context: int = 256,
+    width: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    batch: int = 8,
+    repeats: int = 15,
+    threads: int | None = None,
+) -> dict:
+    """The interleaved rounds described above: per model, its median times and its speed against Hugging Face's."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
-    hf = hugging_face_gpt2(args.vocab, args.context, args.width, args.layers, args.heads, seed=0)
+    hf = hugging_face_gpt2(vocab, context, width, layers, heads, seed=0)
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         models = {
@@ -106,7 +110,7 @@ def main() -> None:
             'course GPT, kernels="course"': GPT.from_pretrained(folder, kernels="course"),
         }
     generator = torch.Generator().manual_seed(1)
-    inputs, targets = torch.randint(args.vocab, (2, args.batch, args.context), generator=generator)
+    inputs, targets = torch.randint(vocab, (2, batch, context), generator=generator)
 
     for model in models.values():
         model.eval()
@@ -121,7 +125,7 @@ def main() -> None:
     kinds = ("train", "forward")
     times = {name: {(kind, clock): [] for kind in kinds for clock in (0, 1)} for name in models}  # clock 0: wall
     order = list(models.items())
-    for round_ in range(args.repeats + 1):  # round 0 warms up (allocations, first-call costs) and is dropped
+    for round_ in range(repeats + 1):  # round 0 warms up (allocations, first-call costs) and is dropped
         for name, model in order if round_ % 2 else order[::-1]:  # so that no model always runs after the same one
             model.train()
             train = timed(train_step, model, optimizers[name], inputs, targets)
@@ -133,20 +137,43 @@ def main() -> None:
                         times[name][kind, clock].append(measured[clock])
 
     reference = times["Hugging Face GPT2LMHeadModel"]
-    print(
-        f"{args.layers} layers, width {args.width}, {args.heads} heads, vocab {args.vocab}, "
-        f"batch {args.batch} x {args.context}, {torch.get_num_threads()} threads, {args.repeats} rounds. "
-        "Speed: Hugging Face's time / the model's (median over rounds); cpu: the same in CPU time"
-    )
-    print(f"{'':<30}{'train step':>11}{'speed':>8}{'cpu':>7}{'forward':>12}{'speed':>8}{'cpu':>7}")
+    results = {}
     for name, measured in times.items():
-        row = f"{name:<30}"
+        results[name] = {}
         for kind in kinds:
             wall, cpu = (
                 statistics.median(h / m for h, m in zip(reference[kind, clock], measured[kind, clock]))
                 for clock in (0, 1)
             )
-            row += f"{statistics.median(measured[kind, 0]) * 1e3:>8.0f} ms{wall:>7.2f}x{cpu:>6.2f}x"
+            results[name].update({f"{kind}_ms": statistics.median(measured[kind, 0]) * 1e3, f"{kind}_speed": wall})
+            results[name][f"{kind}_cpu_speed"] = cpu
+    config = dict(vocab=vocab, context=context, width=width, layers=layers, heads=heads, batch=batch)
+    return {"config": config, "threads": torch.get_num_threads(), "rounds": repeats, "models": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--context", type=int, default=256, help="sequence length of the batch (default 256)")
+    parser.add_argument("--width", type=int, default=256, help="d_model (default 256)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds; the medians count (default 15)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: course_lib's choice)")
+    args = parser.parse_args()
+    result = measure(**vars(args))
+    print(
+        f"{args.layers} layers, width {args.width}, {args.heads} heads, vocab {args.vocab}, "
+        f"batch {args.batch} x {args.context}, {result['threads']} threads, {args.repeats} rounds. "
+        "Speed: Hugging Face's time / the model's (median over rounds); cpu: the same in CPU time"
+    )
+    print(f"{'':<30}{'train step':>11}{'speed':>8}{'cpu':>7}{'forward':>12}{'speed':>8}{'cpu':>7}")
+    for name, measured in result["models"].items():
+        row = f"{name:<30}"
+        for kind in ("train", "forward"):
+            ms, speed, cpu = (measured[f"{kind}_{what}"] for what in ("ms", "speed", "cpu_speed"))
+            row += f"{ms:>8.0f} ms{speed:>7.2f}x{cpu:>6.2f}x"
         print(row)
 
 

@@ -22,13 +22,18 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from grader.fill import fill_module
-from grader.sandbox import Sandbox, SandboxBackend
+from grader.sandbox import Patience, Sandbox, SandboxBackend
+
+# The exercise a test cell grades: every graded cell calls run_checks or run_hidden with its id (grader/cells.py).
+EXERCISE_OF_CELL = re.compile(r"""\brun_(?:checks|hidden)\(\s*["'](\d+\.\d+)["']""")
 
 
 def stage_package(chapter: int, submission: Path, into: Path) -> list[str]:
@@ -89,14 +94,32 @@ def judge_cell(source: str) -> dict:
 
 
 def judge_submission(chapter: int, submission: Path, sources: list[str]) -> list[dict]:
-    """The verdicts of ``sources`` (a chapter's test cells) on one submission, in one sandbox of its own."""
+    """The verdicts of ``sources`` (a chapter's test cells) on one submission, in one sandbox of its own.
+
+    The submission has one :class:`Patience`: a time budget for all its cells, a deadline per call
+    (shorter once it has hung), and the exercises whose calls hung, whose other checks fail at once.
+    Each verdict carries ``seconds`` and ``flags``: what the instructor's report lists (a hang, an
+    exit, the memory cap, a spent budget, a patched harness), each with the exercise and the reason.
+    """
     os.environ[exercises.SOLUTIONS_ENV] = "1"
     with tempfile.TemporaryDirectory(prefix="course-judge-") as staging:
         stage_package(chapter, submission, Path(staging))
-        sandbox = Sandbox(Path(staging))
-        grading.use_backend(lambda: SandboxBackend(sandbox))
+        patience = Patience()
+        sandbox = Sandbox(Path(staging), patience=patience)
+        verdicts = []
         try:
-            return [judge_cell(source) for source in sources]
+            for source in sources:
+                found = EXERCISE_OF_CELL.search(source)
+                exercise = found.group(1) if found else None
+                grading.use_backend(lambda exercise=exercise: SandboxBackend(sandbox, exercise=exercise))
+                flagged, noted, start = len(patience.flags), len(sandbox.notes), time.monotonic()
+                verdict = judge_cell(source)
+                for name in sorted(set(sandbox.notes[noted:])):
+                    patience.flag(exercise, "patched", f"the harness was changed in the worker: {name}")
+                verdict["seconds"] = round(time.monotonic() - start, 3)
+                verdict["flags"] = patience.flags[flagged:]
+                verdicts.append(verdict)
+            return verdicts
         finally:
             sandbox.close()
 

@@ -15,6 +15,7 @@ to report errors (the module can rewrite how they are shown), so here:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -41,6 +42,17 @@ def chapter_of(assignment: str) -> int:
     if not found:
         raise ValueError(f"assignment ids look like 'ch01', got {assignment!r}")
     return int(found.group(1))
+
+
+def fingerprint(submission: Path, sources: list[str]) -> str:
+    """What a submission's verdicts depend on: its files and the test cells; a kept verdict with another is stale."""
+    digest = hashlib.sha256(json.dumps(sources).encode("utf-8"))
+    for path in sorted(submission.rglob("*")):
+        relative = path.relative_to(submission).as_posix()
+        if path.is_symlink() or not path.is_file() or "__pycache__" in path.parts or ".ipynb_checkpoints" in path.parts:
+            continue
+        digest.update(relative.encode("utf-8") + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 class GradingMachineError(RuntimeError):
@@ -79,7 +91,7 @@ class GradeInSandbox(NbGraderPreprocessor):
         submission = Path(self.submitted_root) / info["student"] / info["assignment"]
         tests = [cell for cell in nb.cells if is_test_cell(cell)]
         sources = [cell.source for cell in tests]
-        verdicts = self._judged(info["assignment"], info["student"], sources)
+        verdicts = self._judged(info["assignment"], info["student"], submission, sources)
         if verdicts is None:  # a plain `nbgrader autograde`: judge here and now
             verdicts = self._judge(chapter_of(info["assignment"]), submission, sources)
         failures = sorted({v["grading_error"] for v in verdicts if "grading_error" in v})
@@ -98,8 +110,8 @@ class GradeInSandbox(NbGraderPreprocessor):
             cell.source = HIDDEN.sub(HIDDEN_NOTE, cell.source)
         return nb, resources
 
-    def _judged(self, assignment: str, student: str, sources: list[str]) -> list[dict] | None:
-        """The verdicts `make autograde` judged ahead for these very test cells, if any."""
+    def _judged(self, assignment: str, student: str, submission: Path, sources: list[str]) -> list[dict] | None:
+        """The verdicts `make autograde` judged ahead for these very test cells and files, if any."""
         if not self.verdicts_root:
             return None
         try:
@@ -107,6 +119,8 @@ class GradeInSandbox(NbGraderPreprocessor):
         except (OSError, ValueError):
             return None
         if found.get("sources") != sources or len(found.get("verdicts", [])) != len(sources):
+            return None
+        if found.get("fingerprint") != fingerprint(submission, sources):  # the submission changed since
             return None
         return found["verdicts"]
 

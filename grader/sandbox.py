@@ -51,7 +51,13 @@ def _setting(name: str, default: int) -> int:
 
 
 def load_factor() -> float:
-    """How many times slower than alone a process runs now: the 1-minute load per core, from 1 up to 10."""
+    """How many times slower than alone a process runs now: the 1-minute load per core, from 1 up to 10.
+
+    ``COURSE_GRADER_LOAD_FACTOR`` fixes it instead (``1``: no scaling), for a benchmark that measures
+    what the deadlines cost on a quiet machine while it runs on a busy one.
+    """
+    if os.environ.get("COURSE_GRADER_LOAD_FACTOR"):
+        return float(os.environ["COURSE_GRADER_LOAD_FACTOR"])
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -68,7 +74,53 @@ def deadline(name: str, default: float) -> float:
 
 
 class SandboxError(Exception):
-    """The worker crashed, timed out or broke the protocol: whatever was asked of it failed."""
+    """The worker crashed, timed out or broke the protocol: whatever was asked of it failed.
+
+    ``kind`` says how, for the instructor's report: ``"hung"`` (a call overran its deadline),
+    ``"budget"`` (the submission's time was spent), ``"exited"`` (the process ended: ``sys.exit``,
+    ``os._exit``, a crash), ``"memory"`` (the memory cap), or ``"broken"`` (the protocol).
+    """
+
+    def __init__(self, why: str, kind: str = "broken"):
+        super().__init__(why)
+        self.kind = kind
+
+
+class Patience:
+    """How long one submission's calls may take, and what its exercises have done so far.
+
+    Each call waits ``COURSE_GRADER_CALL_TIMEOUT`` seconds (10); once a call of the submission has
+    overrun it, its later calls wait ``COURSE_GRADER_HUNG_CALL_TIMEOUT`` (2, still several times the
+    slowest correct call); and all of them together fit in ``COURSE_GRADER_SUBMISSION_BUDGET`` (240),
+    counted from the submission's start. Each is scaled by the load when it starts (:func:`deadline`).
+    An exercise whose function hung or hit the memory cap fails its other checks at once, with the same
+    reason (``stuck``), and what the report flags is kept in ``flags``.
+    """
+
+    def __init__(self, budget: float | None = None):
+        self.budget = deadline("COURSE_GRADER_SUBMISSION_BUDGET", 240) if budget is None else budget
+        self.ends_at = time.monotonic() + self.budget
+        self.hung = False
+        self.stuck: dict[str, SandboxError] = {}  # exercise id -> why its checks now fail at once
+        self.flags: list[dict] = []  # {"exercise", "kind", "detail"}
+
+    def call_deadline(self) -> tuple[float, str]:
+        """The seconds the next call may take, and the kind of failure overrunning them is."""
+        per_call = (
+            deadline("COURSE_GRADER_HUNG_CALL_TIMEOUT", 2) if self.hung else deadline("COURSE_GRADER_CALL_TIMEOUT", 10)
+        )
+        left = self.ends_at - time.monotonic()
+        if left <= 0:
+            raise SandboxError(self.spent(), kind="budget")
+        return (per_call, "hung") if per_call <= left else (left, "budget")
+
+    def spent(self) -> str:
+        return f"not run: the submission's time budget ({self.budget:.0f} s) is spent"
+
+    def flag(self, exercise: str | None, kind: str, detail: str) -> None:
+        entry = {"exercise": exercise, "kind": kind, "detail": detail[:300]}
+        if entry not in self.flags:
+            self.flags.append(entry)
 
 
 class LearnerRaised(Exception):
@@ -226,13 +278,16 @@ class Sandbox:
 
     Args:
         package_dir: a folder holding the ``course_lib`` package to import (copied, never used in place).
-        call_timeout: seconds one call may take, wall clock (default ``COURSE_GRADER_CALL_TIMEOUT``,
-            scaled by the load when each call starts).
+        call_timeout: seconds one call may take, wall clock (default: what ``patience`` allows, else
+            ``COURSE_GRADER_CALL_TIMEOUT``, scaled by the load when each call starts).
+        patience: the submission's :class:`Patience`, when this sandbox grades one.
     """
 
-    def __init__(self, package_dir: Path, call_timeout: float | None = None):
+    def __init__(self, package_dir: Path, call_timeout: float | None = None, patience: Patience | None = None):
         self.package_dir = package_dir
         self.call_timeout = call_timeout
+        self.patience = patience
+        self.notes: list[str] = []  # what the workers reported of themselves on exit (a patched harness)
         self.process: _Channel | None = None
         self.root: Path | None = None
         self.current: Worker | None = None
@@ -321,7 +376,15 @@ class Sandbox:
         except (BrokenPipeError, OSError):
             self._fail("the sandbox ended")
 
-    def _receive(self, timeout: float):
+    def call_deadline(self) -> tuple[float, str]:
+        """Seconds the next call may take, and the kind of failure overrunning them is (see :class:`Patience`)."""
+        if self.call_timeout:
+            return self.call_timeout, "hung"
+        if self.patience is not None:
+            return self.patience.call_deadline()
+        return deadline("COURSE_GRADER_CALL_TIMEOUT", 10), "hung"
+
+    def _receive(self, timeout: float, late: str = "hung"):
         deadline_at = time.monotonic() + timeout
         while True:
             if len(self._buffer) >= 8:
@@ -336,18 +399,20 @@ class Sandbox:
                         self._fail(str(err))
             left = deadline_at - time.monotonic()
             if left <= 0:
-                self._fail(f"timed out after {timeout:g} s (an infinite loop, or far too slow?)")
+                if late == "budget":
+                    self._fail(self.patience.spent() if self.patience else f"timed out after {timeout:g} s", late)
+                self._fail(f"timed out after {timeout:.3g} s (an infinite loop, or far too slow?)", late)
             if not self._selector.select(left):
                 continue
             chunk = os.read(self.process.stdout.fileno(), 1 << 20)
             if not chunk:
-                self._fail(f"the process ended — {ENDED_WHY}")
+                self._fail(f"the process ended — {ENDED_WHY}", "exited")
             self._buffer += chunk
 
-    def _fail(self, why: str):
+    def _fail(self, why: str, kind: str = "broken"):
         self.last_stderr = self.stderr_tail()
         self.close()
-        raise SandboxError(why)
+        raise SandboxError(why, kind)
 
     def close(self) -> None:
         """Kill everything in the sandbox and remove its folder (a later :meth:`worker` starts a new one)."""
@@ -396,12 +461,18 @@ class Worker:
         if op == "call":
             message["args"] = wire.encode(list(args), _no_objects)
             message["kwargs"] = wire.encode(dict(kwargs or {}), _no_objects)
+        timeout, late = self.sandbox.call_deadline()
         self.sandbox._send(message)
-        reply = self.sandbox._receive(self.sandbox.call_timeout or deadline("COURSE_GRADER_CALL_TIMEOUT", 20))
+        try:
+            reply = self.sandbox._receive(timeout, late)
+        except SandboxError as err:
+            if err.kind == "hung" and self.sandbox.patience is not None:
+                self.sandbox.patience.hung = True  # from now on, this submission gets less time per call
+            raise
         if type(reply) is dict and set(reply) == {"ended"}:  # the worker died; the template is intact
             self.process = None
             self.sandbox.current = None
-            raise SandboxError(f"the process ended (exit status {reply['ended']}) — {ENDED_WHY}")
+            raise SandboxError(f"the process ended (exit status {reply['ended']}) — {ENDED_WHY}", "exited")
         if type(reply) is not dict or type(reply.get("ok")) is not bool:
             self.sandbox._fail("sent a malformed reply")
         if not reply["ok"]:
@@ -431,6 +502,8 @@ class Worker:
                 reply = sandbox._receive(left)
                 if type(reply) is dict and set(reply) == {"ended"}:
                     return
+                if type(reply) is dict and set(reply) == {"patched"} and type(reply["patched"]) is list:
+                    sandbox.notes += [str(name)[:100] for name in reply["patched"][:20]]
             sandbox.close()
         except SandboxError:
             pass  # the sandbox is closed already; the next worker starts a new one
@@ -469,6 +542,9 @@ class Remote:
         return ".".join([where, *self._path])
 
 
+MEMORY_SIGNS = ("MemoryError", "can't allocate memory", "not enough memory", "std::bad_alloc")
+
+
 class SandboxBackend:
     """The harness's backend in the grader: the learner's modules in a sandboxed worker.
 
@@ -476,15 +552,30 @@ class SandboxBackend:
     timeout. ``sandbox`` is shared by the exercises of one submission (the judge's), or, given a
     folder, a sandbox of this backend's own, stopped by :meth:`close`. A worker that cannot even
     start is the grading machine's failure (:class:`GradingError`), never the learner's.
+
+    ``exercise`` names the exercise whose checks this backend serves (the judge's, with the
+    sandbox's :class:`Patience`): once one of its calls has hung or hit the memory cap, every later
+    check of that exercise, in this cell or its other cells, fails at once with the same reason.
     """
 
-    def __init__(self, sandbox: Sandbox | Path):
+    def __init__(self, sandbox: Sandbox | Path, exercise: str | None = None):
         self.owned = not isinstance(sandbox, Sandbox)
         self.sandbox = Sandbox(sandbox) if self.owned else sandbox
+        self.exercise = exercise
         self.worker: Worker | None = None
         self.budget = deadline("COURSE_GRADER_CELL_TIMEOUT", 300)
 
+    @property
+    def patience(self) -> Patience | None:
+        return self.sandbox.patience
+
     def module(self, name: str):
+        patience = self.patience
+        if patience is not None:
+            if self.exercise in patience.stuck:  # this exercise hung already: fail now, for the same reason
+                raise patience.stuck[self.exercise]
+            if time.monotonic() >= patience.ends_at:
+                raise SandboxError(patience.spent(), kind="budget")
         if self.worker is None or self.worker.process is None:
             try:
                 self.worker = self.sandbox.worker()
@@ -497,15 +588,30 @@ class SandboxBackend:
 
     def describe(self, error: BaseException) -> tuple[list[str], str]:
         if isinstance(error, SandboxError):
+            self._note(error)
             return [], str(error)
         if isinstance(error, LearnerRaised):
+            if any(sign in error.types or sign in error.message for sign in MEMORY_SIGNS):
+                cap = _limits()["RLIMIT_AS"] >> 20
+                self._note(SandboxError(f"hit the memory cap ({cap} MiB): {error}"[:300], kind="memory"))
             return error.types, error.message
         return [c.__name__ for c in type(error).__mro__], str(error)
 
+    def _note(self, error: SandboxError) -> None:
+        """Remember what the report flags, and make a hang or the memory cap stick to this exercise."""
+        patience = self.patience
+        if patience is None:
+            return
+        patience.flag(self.exercise, error.kind, str(error))
+        if error.kind in ("hung", "memory") and self.exercise is not None:
+            patience.stuck.setdefault(self.exercise, error)
+
     def recover(self, error: BaseException) -> None:
-        if isinstance(error, SandboxError) and self.worker is not None:
-            self.worker.close()  # the next check gets a fresh worker
-            self.worker = None
+        if isinstance(error, SandboxError):
+            self._note(error)
+            if self.worker is not None:
+                self.worker.close()  # the next check gets a fresh worker
+                self.worker = None
 
     def close(self) -> None:
         if self.worker is not None:

@@ -91,9 +91,42 @@ def _describe(exc):
     return {"types": [c.__name__ for c in type(exc).__mro__][:20], "message": message[:2000]}
 
 
+# What a submission may not change in the worker (it would change nothing the grader believes, but the
+# instructor's report names it): the harness's modules, the builtins and the interpreter's hooks.
+WATCHED = ("course_lib.grading", "course_lib.exercises", "builtins")
+WATCHED_SYS = ("excepthook", "displayhook", "exit", "settrace", "setprofile", "breakpointhook")
+
+
+def _harness():
+    """``{name: id(value)}`` for what :data:`WATCHED` holds (and the methods of the harness's classes)."""
+    found = {f"sys.{name}": id(getattr(sys, name, None)) for name in WATCHED_SYS}
+    for module_name in WATCHED:
+        module = sys.modules.get(module_name)
+        for name, value in list(vars(module).items()) if module else ():
+            if name.startswith("__") and module_name != "builtins":
+                continue
+            found[f"{module_name}.{name}"] = id(value)
+            if isinstance(value, type) and getattr(value, "__module__", "") == module_name:
+                for attr, member in list(vars(value).items()):
+                    found[f"{module_name}.{name}.{attr}"] = id(member)
+    return found
+
+
+def _patched(before):
+    """The names of :func:`_harness` that the learner's code rebound or removed (a few, sorted)."""
+    try:
+        after = _harness()
+        return sorted(name for name, ident in before.items() if after.get(name) != ident)[:20]
+    except BaseException:
+        return ["<the harness could not be inspected>"]
+
+
 def serve(run_dir, requests, replies):
     """The worker: answer calls into the learner's ``course_lib`` until told to exit."""
     _isolate_imports(run_dir)
+    with contextlib.suppress(BaseException):  # the instructor's modules, imported before any of the learner's
+        importlib.import_module("course_lib.grading")
+    before = _harness()
     objects = {}
 
     def keep(obj):
@@ -129,6 +162,9 @@ def serve(run_dir, requests, replies):
         except EOFError:
             return
         if request == {"op": "exit"}:
+            patched = _patched(before)
+            if patched:
+                send(replies, {"patched": patched})
             return
         try:
             target = resolve(request["ref"])

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, python_env
 
 from grader import course
-from grader.fill import fill_module
+from grader.fill import fill_module, replace_bodies
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,33 @@ def test_a_judge_crash_is_a_grading_error_never_a_score(class_of, monkeypatch, c
 
     with Gradebook(course.gradebook_url(root), course.COURSE_ID) as gradebook, pytest.raises(MissingEntry):
         gradebook.find_submission(CHAPTER, "zed")
-    assert not (root / course.VERDICTS).exists()  # a later plain `nbgrader autograde` judges afresh
+    assert course.read_state(root, CHAPTER, "zed")["status"] == "grading error"  # the next run judges it again
+
+
+def test_a_hanging_exercise_fails_its_checks_at_once_and_costs_only_its_points(class_of, monkeypatch):
+    """train_bpe loops forever and decode fills memory: those two exercises score 0 and every other full marks,
+    and after its first hang (or the memory cap) each fails its other checks at once, for the same reason."""
+    root = class_of(kim="solved")
+    path = root / "submitted" / "kim" / CHAPTER / "course_lib" / "tokenization.py"
+    source = replace_bodies(path.read_text(), "while True:\n    pass", {"train_bpe"})
+    hog = (
+        "import torch\n_hog = []\nwhile True:\n    _hog.append(torch.empty(1 << 28, dtype=torch.uint8))"  # 256 MiB each
+    )
+    path.write_text(replace_bodies(source, hog, {"BPETokenizer.decode"}))
+    monkeypatch.setenv("COURSE_GRADER_CALL_TIMEOUT", "3")
+    course.autograde(root, jobs=1)
+    lost = exercises.get("1.3").points + exercises.get("1.6").points
+    assert float(_rows(root)["kim"]["score"]) == TOTAL - lost
+    state = course.read_state(root, CHAPTER, "kim")
+    why = {"1.3": "timed out after", "1.6": "allocate memory"}  # torch's words; later checks: "hit the memory cap"
+    for source, verdict in zip(state["sources"], state["verdicts"]):
+        exercise = next(e for e in ("1.1", "1.2", "1.3", "1.4", "1.5", "1.6") if f'"{e}"' in source)
+        assert verdict["passed"] == (exercise not in why), (exercise, verdict["stdout"])
+        if exercise in why:
+            failed = [line for line in verdict["stdout"].splitlines() if line.startswith("  ✗")]
+            assert failed and all(why[exercise] in line for line in failed), failed
+    flags = {(f["exercise"], f["kind"]) for v in state["verdicts"] for f in v["flags"]}
+    assert flags == {("1.3", "hung"), ("1.6", "memory")}
 
 
 def _judge(folder: Path, cells: list[str]) -> list[bool]:

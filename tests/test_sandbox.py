@@ -26,9 +26,10 @@ import pytest
 import torch
 from conftest import REPO
 
+from grader import sandbox as sandbox_module
 from grader import wire
 from grader.fill import fill_module
-from grader.sandbox import LearnerRaised, Remote, Sandbox, SandboxBackend, SandboxError, Worker
+from grader.sandbox import LearnerRaised, Patience, Remote, Sandbox, SandboxBackend, SandboxError, Worker
 
 # -- the wire format ---------------------------------------------------------------------------------
 
@@ -847,3 +848,41 @@ def test_course_dir_inside_the_repository_is_hidden_with_it(tmp_path, secret_dir
             lib.read(str(REPO / "tests" / "conftest.py"))
     finally:
         sandbox.close()
+
+
+def test_a_submission_that_hung_gets_less_time_per_call_and_all_its_calls_share_a_budget(monkeypatch):
+    monkeypatch.setattr(sandbox_module, "load_factor", lambda: 1.0)
+    monkeypatch.setenv("COURSE_GRADER_CALL_TIMEOUT", "10")
+    monkeypatch.setenv("COURSE_GRADER_HUNG_CALL_TIMEOUT", "2")
+    patience = Patience(budget=30)
+    assert patience.call_deadline() == (10, "hung")
+    patience.hung = True  # what a call that overran its deadline leaves
+    assert patience.call_deadline() == (2, "hung")
+    patience.ends_at = time.monotonic() + 1  # less left of the budget than a call may take
+    seconds, kind = patience.call_deadline()
+    assert kind == "budget" and 0 < seconds <= 1
+    patience.ends_at = time.monotonic() - 1
+    with pytest.raises(SandboxError, match="time budget") as info:
+        patience.call_deadline()
+    assert info.value.kind == "budget"
+
+
+def test_an_exercise_that_hung_fails_its_other_checks_at_once_for_the_same_reason(tmp_path):
+    """The backend of a graded exercise: after one of its calls hung, asking for the learner's module fails at
+    once (no worker is started) with that very error; another exercise of the submission is not affected."""
+    patience = Patience(budget=60)
+    shared = Sandbox(tmp_path, patience=patience)  # never started: no check below reaches the learner's code
+    hung = SandboxError("timed out after 10 s (an infinite loop, or far too slow?)", kind="hung")
+    backend = SandboxBackend(shared, exercise="1.3")
+    assert backend.describe(hung) == ([], str(hung))
+    backend.recover(hung)
+    for _ in range(2):
+        with pytest.raises(SandboxError) as info:
+            SandboxBackend(shared, exercise="1.3").module("tokenization")
+        assert info.value is hung
+    assert patience.flags == [{"exercise": "1.3", "kind": "hung", "detail": str(hung)}]
+    memory = LearnerRaised(["MemoryError", "Exception"], "")
+    other = SandboxBackend(shared, exercise="1.6")
+    assert other.describe(memory) == (["MemoryError", "Exception"], "")
+    assert patience.stuck["1.6"].kind == "memory" and "memory cap" in str(patience.stuck["1.6"])
+    assert "1.4" not in patience.stuck
