@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 export COURSE_DIR
 RUN := PYTHONPATH=$(CURDIR) $(VENV)/bin/
 
-.PHONY: setup lint format book test release autograde report bench workspace grade-workspace serve clean
+.PHONY: setup lint format book test test-fresh-venv release autograde report bench workspace grade-workspace serve clean
 
 setup: $(VENV)/.ready
 
@@ -47,6 +47,10 @@ book: setup
 
 test: setup
 	COURSE_LIB_SOLUTIONS=1 $(RUN)python -m pytest $(PYTEST_ARGS)
+
+# A fresh virtual environment built from a released chapter's requirements.txt alone runs its visible checks (minutes).
+test-fresh-venv: setup
+	COURSE_FRESH_VENV=1 COURSE_LIB_SOLUTIONS=1 $(RUN)python -m pytest -o addopts="" -p no:cacheprovider tests/test_handout.py -k fresh_environment
 
 release: setup
 	$(RUN)python -m grader.course release

@@ -2,8 +2,8 @@
 
 A released chapter folder carries ``requirements.txt`` and ``README.md`` (``grader/handout.py``); a
 fresh virtual environment built from that requirements file alone runs the chapter's visible checks
-(slow: minutes of installing, so it runs where ``COURSE_FRESH_VENV=1``, which ``.ci/run`` sets, and is
-skipped, saying so, elsewhere). ``make workspace`` gives a learner every chapter's stubs and
+(slow: minutes of installing, so it runs where ``COURSE_FRESH_VENV=1``, which ``make test-fresh-venv`` sets,
+and is skipped, saying so, elsewhere). ``make workspace`` gives a learner every chapter's stubs and
 ``make grade-workspace`` grades them with the real grader, hidden tests included, with nbgrader's
 feedback page (``grader/workspace.py``): tested on Chapter 1.
 """
@@ -89,7 +89,7 @@ def test_a_workspace_is_graded_with_the_hidden_tests_and_feedback(workspace):
 
 @pytest.mark.skipif(
     os.environ.get("COURSE_FRESH_VENV") != "1",
-    reason="installs a fresh virtual environment (minutes): runs in .ci/run, or with COURSE_FRESH_VENV=1",
+    reason="installs a fresh virtual environment (minutes): make test-fresh-venv runs it",
 )
 def test_a_fresh_environment_from_the_release_runs_the_visible_checks(workspace, tmp_path):
     """Only the released folder and its requirements.txt: no repository, no PYTHONPATH, no course settings."""
