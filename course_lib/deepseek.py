@@ -542,11 +542,7 @@ class DeepSeek(nn.Module):
         if len(self.mtp) >= ids.shape[1]:
             raise ValueError(f"{ids.shape[1]} tokens are too few for {len(self.mtp)} MTP depths")
         hidden = self.model(ids)
-        logits, per_depth = self.lm_head(hidden), []
-        for k, module in enumerate(self.mtp, start=1):
-            depth_logits, hidden = module(hidden[:, :-1], ids[:, k:], self.model.embed_tokens, self.lm_head)
-            per_depth.append(depth_logits)
-        return logits, per_depth
+        return self.lm_head(hidden), _mtp.chain_depths(self.mtp, hidden, ids, self.model.embed_tokens, self.lm_head)
 
     def new_cache(self, batch: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None):
         """An empty :class:`~course_lib.mla.LatentCache` for every layer of the model."""

@@ -259,13 +259,22 @@ class MTPLlama(nn.Module):
         if depths >= ids.shape[1]:
             raise ValueError(f"a window of {ids.shape[1]} tokens is too short for {depths} MTP depths")
         logits, hidden = trunk_hidden(self.trunk, ids)
-        embed, head, rope = self.trunk.model.embed_tokens, self.trunk.lm_head, self.trunk.model.rotary_emb
-        per_depth = []
-        for k in range(1, depths + 1):
-            seq = ids.shape[1] - k
-            depth_logits, hidden = self.mtp[k - 1](hidden[:, :seq], ids[:, k:], embed, head, rope=rope)
-            per_depth.append(depth_logits)
+        model = self.trunk.model
+        per_depth = chain_depths(
+            self.mtp[:depths], hidden, ids, model.embed_tokens, self.trunk.lm_head, rope=model.rotary_emb
+        )
         return logits, per_depth
+
+
+def chain_depths(modules, hidden: torch.Tensor, ids: torch.Tensor, embed: nn.Module, head: nn.Module, **block_kwargs):
+    """Run sequential MTP modules on a trunk's final hidden states ``(batch, T, d_model)`` for the tokens ``ids``
+    ``(batch, T)``: module ``k`` (from 1) pairs the first ``T - k`` hidden states of depth ``k - 1`` with the tokens
+    ``ids[:, k:]``; returns each depth's logits, depth ``k``'s of shape ``(batch, T - k, vocab)``."""
+    per_depth = []
+    for k, module in enumerate(modules, start=1):
+        depth_logits, hidden = module(hidden[:, : ids.shape[1] - k], ids[:, k:], embed, head, **block_kwargs)
+        per_depth.append(depth_logits)
+    return per_depth
 
 
 def train_mtp(
