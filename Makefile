@@ -19,15 +19,22 @@ RUN := PYTHONPATH=$(CURDIR) $(VENV)/bin/
 
 setup: $(VENV)/.ready
 
-# torch first: without an NVIDIA GPU, its CPU build (a few hundred MB instead of several GB).
+# torch first: without an NVIDIA GPU, its CPU build (a few hundred MB instead of several GB) from PyTorch's CPU
+# index, when this machine can reach it. Where it cannot (an offline machine whose package mirror carries the CPU
+# build), asking it anyway costs pip five retries for each of torch's dependencies: over a minute, measured.
+# --no-compile: Python compiles the modules a run imports, not all of transformers and torch ahead of time.
+TORCH_INDEX = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" \
+	>/dev/null 2>&1 && echo "--extra-index-url $(TORCH_CPU_INDEX)")
+PIP_INSTALL := $(PY) -m pip install --no-compile
+
 $(VENV)/.ready: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	@if nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install "torch==$(TORCH_VERSION)"; \
+		$(PIP_INSTALL) "torch==$(TORCH_VERSION)"; \
 	else \
-		$(PY) -m pip install "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_CPU_INDEX); \
+		$(PIP_INSTALL) "torch==$(TORCH_VERSION)" $(TORCH_INDEX); \
 	fi
-	$(PY) -m pip install -r requirements.txt
+	$(PIP_INSTALL) -r requirements.txt
 	touch $@
 
 # One formatter and linter for the whole tree (pyproject.toml): course_lib, solutions, hidden, grader, tests, notebooks.

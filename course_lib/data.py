@@ -93,6 +93,22 @@ def encode_corpus(text: str, tokenizer, progress: bool | None = None) -> torch.T
     return torch.tensor(ids, dtype=torch.int64)
 
 
+def plays_corpus(
+    plays: list[str], vocab_size: int, bpe_chars: int = 100_000, held_out: float = 0.1, max_chars: int | None = None
+):
+    """Part III's experiment corpus (Chapters 12 and 14): Shakespeare's ``plays`` (their first ``max_chars``
+    characters; ``None``: all) encoded by a BPE tokenizer of ``vocab_size`` trained on their first ``bpe_chars``
+    characters, split into the first ``1 - held_out`` of the tokens for training and the rest held out. Returns
+    ``(train_ids, val_ids, tokenizer)``."""
+    from .tokenization import BPETokenizer, train_bpe
+
+    text = load_shakespeare(plays)[:max_chars]
+    tokenizer = BPETokenizer.from_merges(train_bpe(text[:bpe_chars], vocab_size))
+    ids = encode_corpus(text, tokenizer)
+    split = int((1 - held_out) * len(ids))
+    return ids[:split], ids[split:], tokenizer
+
+
 def get_batch(ids, batch_size: int, context_length: int, generator=None):
     """A random batch of training windows from the 1-D token tensor ``ids``.
 

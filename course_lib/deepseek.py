@@ -12,6 +12,10 @@ The first ``n_dense_layers`` blocks keep a dense SwiGLU; V3 adds Multi-token Pre
 that every chapter of Part III reads: :class:`DeepSeekConfig`, with V2's and V3's published
 configurations, and :func:`count_parameters`, the parameter count by formula (total, active per
 token, with or without the MTP modules) — V3's 671B and 37B, V2's 236B and 21B.
+
+Below them, the model itself (:class:`DeepSeekBlock`, :class:`DeepSeekModel`, :class:`DeepSeek`) and its training
+step, the capstone of Chapter 14. Exercises in this module: 14.1 :meth:`DeepSeekBlock.forward`, 14.2
+:meth:`DeepSeek.forward`, 14.3 :func:`train_step`, 14.4 :meth:`DeepSeek.generate`.
 """
 
 from __future__ import annotations
@@ -450,6 +454,8 @@ from torch import nn  # noqa: E402
 from . import mla as _mla  # noqa: E402
 from . import moe as _moe  # noqa: E402
 from . import mtp as _mtp  # noqa: E402
+from . import sampling as _sampling  # noqa: E402, F401 - generate samples with Chapter 5's next_token_probs
+from .exercises import exercise  # noqa: E402
 from .layers import RMSNorm, SwiGLU  # noqa: E402
 
 
@@ -469,16 +475,35 @@ class DeepSeekBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = _moe.MoE(config) if moe else SwiGLU(config.d_model, config.d_ff)
 
+    @exercise("14.1", "The decoder layer, dense or MoE", points=3)
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0, offset: int = 0) -> torch.Tensor:
-        """``(batch, seq, d_model)`` at positions ``offset ...`` to the same shape. Without a cache, the
-        naive MLA over the whole causal sequence; with a :class:`~course_lib.mla.LatentCache`, the
-        absorbed MLA reading and writing its layer ``layer``."""
-        h = self.input_layernorm(x)
-        if cache is None:
-            x = x + self.self_attn(h, offset)
-        else:
-            x = x + self.self_attn.forward_absorbed(h, cache, offset, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        """One decoder layer over ``x`` ``(batch, seq, d_model)`` at positions ``offset ... offset + seq - 1``.
+
+        Two pre-norm residual steps, exactly as Hugging Face's ``DeepseekV3DecoderLayer``::
+
+            h   = x + attention(input_layernorm(x))
+            out = h + mlp(post_attention_layernorm(h))
+
+        ``self.mlp`` is a dense SwiGLU or an MoE: the layer calls it the same way either way. The attention is
+        chosen by ``cache``:
+
+        - ``cache is None``: the naive MLA over the ``seq`` positions, causal, ``self.self_attn(normed, offset)``;
+        - a :class:`~course_lib.mla.LatentCache`: the absorbed MLA, which appends this call's latents to layer
+          ``layer`` of the cache and attends over every cached position,
+          ``self.self_attn.forward_absorbed(normed, cache, offset, layer)``.
+
+        ``x`` is not modified.
+
+        Args:
+            x: a floating-point tensor ``(batch, seq, d_model)`` in the dtype of the layer's weights.
+            cache: ``None`` or a ``LatentCache``.
+            layer: the index of this layer in the cache (an ``int``).
+            offset: the position of ``x[:, 0]`` (an ``int >= 0``; with a cache, the number of positions it holds).
+
+        Returns:
+            A tensor of the shape and dtype of ``x``.
+        """
+        raise NotImplementedError
 
 
 class DeepSeekModel(nn.Module):
@@ -528,21 +553,90 @@ class DeepSeek(nn.Module):
             if isinstance(module, (nn.Linear, nn.Embedding, _moe.Router)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, ids: torch.Tensor, cache=None, offset: int = 0) -> torch.Tensor:
-        """Logits ``(batch, seq, vocab_size)`` for token ids ``(batch, seq)`` at positions ``offset ...``
-        (a :class:`~course_lib.mla.LatentCache` from :meth:`new_cache` to decode with it)."""
-        self._check_ids(ids, offset)
-        return self.lm_head(self.model(ids, cache, offset))
+    @exercise("14.2", "The full forward, with the MTP depths", points=3)
+    def forward(self, ids: torch.Tensor, cache=None, offset: int = 0, mtp: bool = False):
+        """The language model's logits for token ids ``(batch, T)`` at positions ``offset ... offset + T - 1``.
+
+        First call ``self._check_ids(ids, cache, offset, mtp)`` (finished: it raises every ``ValueError`` below).
+        Then::
+
+            hidden = self.model(ids, cache, offset)       # (batch, T, d_model), after the final norm
+            logits = self.lm_head(hidden)                 # (batch, T, vocab_size)
+
+        With ``mtp=False`` return ``logits``. With ``mtp=True`` also run the MTP modules ``self.mtp`` in sequence
+        (Chapter 12): module ``k`` (``k = 1 ... D``) takes the first ``T - k`` representations of depth ``k - 1``
+        (``hidden`` for ``k = 1``; the previous module's block output after that) and the tokens ``ids[:, k:]``,
+        with the model's own ``self.model.embed_tokens`` and ``self.lm_head``; it returns the logits of depth ``k``,
+        ``(batch, T - k, vocab_size)``, which predict the token ``k + 1`` places after each position. The result is
+        then ``(logits, [depth 1 logits, ..., depth D logits])`` (an empty list when the model has no MTP
+        module). ``course_lib.mtp.chain_depths`` is that loop, finished.
+
+        Args:
+            ids: ``(batch, T)`` ``int64`` (or ``int32``) token ids below ``vocab_size``.
+            cache: ``None`` or a :class:`~course_lib.mla.LatentCache` from :meth:`new_cache` (decoding).
+            offset: the position of ``ids[:, 0]``; with a cache, the number of positions it already holds.
+            mtp: whether to return the MTP depths' logits too (training; no cache then).
+
+        Returns:
+            ``logits`` ``(batch, T, vocab_size)``, or ``(logits, per_depth)`` with ``mtp=True``.
+
+        Raises:
+            ValueError: (from ``_check_ids``) for ids that are not a 2-D integer tensor with at least one
+                position, positions beyond ``context_length``, ``mtp=True`` with a cache or with ``T <= D``.
+        """
+        raise NotImplementedError
 
     def forward_with_mtp(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The main logits ``(batch, T, vocab)`` and, for each MTP depth ``k = 1 ... D``, logits of shape
-        ``(batch, T - k, vocab)``: module ``k`` pairs the first ``T - k`` hidden states of depth ``k - 1``
-        with the tokens ``ids[:, k:]`` and predicts the tokens ``k + 1`` ahead (Chapter 12)."""
-        self._check_ids(ids, 0)
-        if len(self.mtp) >= ids.shape[1]:
-            raise ValueError(f"{ids.shape[1]} tokens are too few for {len(self.mtp)} MTP depths")
-        hidden = self.model(ids)
-        return self.lm_head(hidden), _mtp.chain_depths(self.mtp, hidden, ids, self.model.embed_tokens, self.lm_head)
+        """``self(ids, mtp=True)``: the main logits and each MTP depth's (see :meth:`forward`)."""
+        return self(ids, mtp=True)
+
+    @exercise("14.4", "Cached generation over the latent cache", points=3)
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue ``ids`` by up to ``max_new_tokens`` tokens, reading and writing the absorbed latent cache.
+
+        1. Put the model in eval mode and record no gradient (``torch.no_grad()``); afterwards ``self.training``
+           is what it was before the call, also when an error is raised.
+        2. Prefill: ``cache = self.new_cache(batch)``, then one call ``self(ids, cache, 0)`` over the whole prompt;
+           its last position's logits choose the first new token.
+        3. Decode: each new token goes through ``self(token_column, cache, offset)`` alone, ``(batch, 1)`` at its
+           own position ``offset`` (the number of positions the cache holds), and its logits choose the next one.
+           The last new token needs no forward pass.
+
+        A token is chosen from the logits ``(batch, vocab)`` of the last position read: at ``temperature == 0``
+        greedily, ``argmax`` (the lowest id on a tie), ``top_k`` and ``top_p`` playing no part; above 0 it is
+        drawn by ``torch.multinomial(probs, 1, generator=generator)`` from
+        ``probs = course_lib.sampling.next_token_probs(logits, temperature, top_k, top_p)`` (Chapter 5), one call
+        per new token for the whole batch, every draw of the call from one
+        ``torch.Generator(device=ids.device)`` seeded with ``seed`` (``seed=None``: PyTorch's global generator).
+
+        Generation stops when the sequence reaches ``context_length`` positions (the cache holds no more). At
+        temperature 0 the tokens are those of uncached greedy decoding (the model called on the whole sequence
+        for every new token).
+
+        Args:
+            ids: ``(batch, T)`` ``int64`` prompt ids, ``1 <= T <= context_length``.
+            max_new_tokens: an ``int >= 0`` (``bool`` refused).
+            temperature: ``0`` for greedy decoding, or a positive finite number.
+            top_k, top_p: as for ``next_token_probs``, used when sampling.
+            seed: ``None`` or an ``int``.
+
+        Returns:
+            ``int64`` ``(batch, T + n)``: the prompt followed by ``n = min(max_new_tokens, context_length - T)``
+            new tokens. ``ids`` is not modified.
+
+        Raises:
+            ValueError: for ids the model refuses (see :meth:`forward`), a ``max_new_tokens`` that is not an
+                ``int >= 0``, or a temperature that is negative, not finite or not a number.
+        """
+        raise NotImplementedError
 
     def new_cache(self, batch: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None):
         """An empty :class:`~course_lib.mla.LatentCache` for every layer of the model."""
@@ -551,14 +645,25 @@ class DeepSeek(nn.Module):
             self.config, batch, max_seq_len, dtype=dtype, device=self.lm_head.weight.device
         )
 
-    def _check_ids(self, ids, offset) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.ndim != 2:
-            raise ValueError(f"ids must be an int64 tensor of shape (batch, seq), got {ids!r:.80}")
+    def _check_ids(self, ids, cache=None, offset: int = 0, mtp: bool = False) -> None:
+        """The input validation of :meth:`forward` (finished code): a clear ``ValueError`` for bad input."""
+        integer = isinstance(ids, torch.Tensor) and ids.dtype in (torch.int32, torch.int64)
+        if not integer or ids.ndim != 2:
+            got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"ids must be an int64 tensor of shape (batch, seq), got {got}")
+        if type(offset) is not int or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
         if ids.shape[1] < 1 or offset + ids.shape[1] > self.config.context_length:
             raise ValueError(
                 f"positions {offset} to {offset + ids.shape[1] - 1} do not fit the context length "
                 f"{self.config.context_length}"
             )
+        if type(mtp) is not bool:
+            raise ValueError(f"mtp must be True or False, got {mtp!r}")
+        if mtp and cache is not None:
+            raise ValueError("mtp=True is for training: it takes no cache")
+        if mtp and len(self.mtp) >= ids.shape[1]:
+            raise ValueError(f"{ids.shape[1]} tokens are too few for {len(self.mtp)} MTP depths")
 
     @torch.no_grad()
     def load_hf_state_dict(self, state: dict) -> None:
@@ -617,3 +722,59 @@ class DeepSeek(nn.Module):
         if missing or unexpected:
             raise ValueError(f"checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
+
+
+# --------------------------------------------------------------------------------------
+# Training: one step of the whole recipe
+# --------------------------------------------------------------------------------------
+
+
+@exercise("14.3", "The training step: main loss, MTP loss, bias update", points=4)
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ids: torch.Tensor,
+    mtp_weight: float = 0.3,
+    bias_rate: float | None = 1e-3,
+    max_norm: float | None = 1.0,
+    reduce_load=None,
+) -> dict[str, float]:
+    """One optimisation step of DeepSeek-V3's recipe on a batch of token windows ``ids`` ``(batch, T + 1)``.
+
+    ``model`` is a :class:`DeepSeek` or a wrapper holding one as ``model.module`` (PyTorch's
+    ``DistributedDataParallel``); call the model through ``model(...)`` (never ``model.module(...)``): only the
+    wrapper's forward makes the backward pass synchronise the gradients between processes.
+
+    1. ``optimizer.zero_grad()``.
+    2. ``inputs = ids[:, :-1]``, ``targets = ids[:, 1:]`` (both ``(batch, T)``); one forward,
+       ``logits, per_depth = model(inputs, mtp=True)``.
+    3. ``main`` = the mean next-token cross-entropy of ``logits`` against ``targets``; ``mtp`` = the mean over the
+       ``D`` depths of their cross-entropies, ``course_lib.mtp.mtp_loss(per_depth, targets, 1.0)`` (depth ``k``
+       reads ``targets[:, k:]``); ``mtp = 0`` for a model without MTP modules. The loss is
+       ``loss = main + mtp_weight * mtp`` (V3 report, eq. 25: lambda = 0.3, then 0.1).
+    4. ``loss.backward()``; clip the global gradient norm of all the model's parameters to ``max_norm``
+       (``torch.nn.utils.clip_grad_norm_``; ``None``: no clipping); ``optimizer.step()``.
+    5. The auxiliary-loss-free balancing (V3 report §2.1.2, Chapter 11): for every MoE layer of the model, in the
+       order of ``model.modules()`` (the main stack's, then the MTP modules'), ``load = moe.last_load`` from this
+       step's forward; if ``reduce_load`` is given, ``load = reduce_load(load.clone())`` (distributed training
+       passes an all-reduce sum, so that every process sees the global load); then the layer's routing bias
+       ``moe.gate.e_score_correction_bias`` becomes ``course_lib.moe.update_bias(bias, load, bias_rate)``, in
+       place and without autograd recording it. ``bias_rate=None`` skips this step.
+
+    Args:
+        model: a ``DeepSeek`` (or a wrapper with ``.module``), in training mode.
+        optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
+        ids: ``(batch, T + 1)`` ``int64`` token ids, ``T`` larger than the number of MTP modules.
+        mtp_weight: ``lambda``, a finite number ``>= 0``.
+        bias_rate: ``gamma``, a positive finite number, or ``None``.
+        max_norm: a positive finite number, or ``None``.
+        reduce_load: ``None`` or a function from a load tensor to the load to use (it may modify its argument).
+
+    Returns:
+        ``{"loss": loss, "main": main, "mtp": mtp}`` as Python ``float`` s (the values before the step).
+
+    Raises:
+        ValueError: for ids the model refuses, ``ids`` with fewer than two positions, or a weight, rate or norm
+            that is not a finite number in its range (``bool`` refused).
+    """
+    raise NotImplementedError

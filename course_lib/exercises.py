@@ -41,6 +41,11 @@ EXERCISE_MODULES = (
     "mtp",
     "quantization",
     "fp8",
+    "deepseek",
+    "long_context",
+    "ring",
+    "sparse_attention",
+    "hyper_connections",
 )
 
 SOLUTIONS_ENV = "COURSE_LIB_SOLUTIONS"

@@ -377,8 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     import course_lib
 
     from .baselines import bigram_loss
-    from .data import encode_corpus, load_shakespeare
-    from .tokenization import BPETokenizer, train_bpe
+    from .data import plays_corpus
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.mtp", description=main.__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -395,10 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     course_lib.seed_everything(args.seed)
-    text = load_shakespeare(args.plays)
-    bpe = BPETokenizer.from_merges(train_bpe(text[:100_000], args.vocab_size))
-    ids = encode_corpus(text, bpe)
-    split = int(0.9 * len(ids))
+    train_ids, val_ids, bpe = plays_corpus(args.plays, args.vocab_size)
     config = LlamaConfig(
         vocab_size=bpe.n_vocab,
         d_model=args.d_model,
@@ -407,8 +403,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         d_ff=args.d_ff,
         context_length=args.context_length,
     )
-    runs = compare_training(config, ids[:split], ids[split:], args.steps, args.weight, args.depth, lr=args.lr)
-    print(f"bigram count model: held-out loss {bigram_loss(ids[:split], ids[split:], bpe.n_vocab):.3f}")
+    runs = compare_training(config, train_ids, val_ids, args.steps, args.weight, args.depth, lr=args.lr)
+    print(f"bigram count model: held-out loss {bigram_loss(train_ids, val_ids, bpe.n_vocab):.3f}")
     for name, run in runs.items():
         losses = ", ".join(f"depth {k}: {loss:.3f}" for k, loss in enumerate(run["held_out"][1:], start=1))
         print(f"{name}, {args.steps} steps: main head {run['held_out'][0]:.3f} ({losses})")

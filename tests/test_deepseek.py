@@ -211,3 +211,113 @@ def test_from_pretrained_reads_deepseeks_fp8_layout_with_its_mtp_module(tmp_path
         want_logits, want_mtp = expected.forward_with_mtp(ids)
     torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=1e-6)
     torch.testing.assert_close(got_mtp[0], want_mtp[0], rtol=0, atol=1e-6)
+
+
+# -- Chapter 14: generation and the training step -----------------------------------------------------
+
+
+def test_generate_is_uncached_greedy_decoding_and_keeps_the_mode():
+    config = DeepSeekConfig.tiny(context_length=20)
+    torch.manual_seed(0)
+    model = DeepSeek(config).train()
+    ids = torch.randint(0, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
+    expected = ids
+    with torch.no_grad():
+        for _ in range(9):
+            expected = torch.cat([expected, model.eval()(expected)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    model.train()
+    torch.testing.assert_close(model.generate(ids, 9), expected, rtol=0, atol=0)
+    assert model.training
+    # 20 positions at most: 15 new tokens, not 30; and a seeded draw is reproducible.
+    assert model.generate(ids, 30).shape == (2, 20)
+    assert torch.equal(model.generate(ids, 6, 1.0, seed=3), model.generate(ids, 6, 1.0, seed=3))
+
+
+def _losses_by_hand(model, ids, weight):
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits, per_depth = model(ids[:, :-1], mtp=True)
+        targets = ids[:, 1:]
+        main = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        depths = [F.cross_entropy(x.flatten(0, 1), targets[:, k:].flatten()) for k, x in enumerate(per_depth, 1)]
+        mtp = sum(depths) / len(depths)
+    return float(main + weight * mtp), float(main), float(mtp)
+
+
+def test_train_step_is_main_plus_lambda_mtp_and_its_losses_fall():
+    from course_lib.deepseek import train_step
+
+    config = DeepSeekConfig.tiny(n_mtp_layers=2)
+    torch.manual_seed(0)
+    model = DeepSeek(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.randint(0, config.vocab_size, (4, 12), generator=torch.Generator().manual_seed(2))
+    first = train_step(model, optimizer, ids, mtp_weight=0.3)
+    model.train()
+    assert set(first) == {"loss", "main", "mtp"} and all(type(v) is float for v in first.values())
+    for _ in range(8):
+        expected = _losses_by_hand(model, ids, 0.3)
+        got = train_step(model, optimizer, ids, mtp_weight=0.3)
+        assert [got["loss"], got["main"], got["mtp"]] == pytest.approx(expected, rel=1e-5)
+    assert got["main"] < first["main"] - 0.5 and got["mtp"] < first["mtp"] - 0.5
+
+
+def test_the_bias_moves_by_the_rate_from_the_steps_load_and_reduce_load():
+    from course_lib.deepseek import train_step
+    from course_lib.moe import moe_layers
+
+    config = DeepSeekConfig.tiny()
+    torch.manual_seed(1)
+    model = DeepSeek(config).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids = torch.randint(0, config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(3))
+    layers = moe_layers(model)
+    assert len(layers) == config.n_moe_layers + config.n_mtp_layers  # the MTP module's MoE is balanced too
+    before = [layer.gate.e_score_correction_bias.clone() for layer in layers]
+    train_step(model, optimizer, ids, bias_rate=0.25)
+    for layer, old in zip(layers, before):
+        load = layer.last_load.double()
+        expected = old + 0.25 * torch.sign(load.mean() - load).float()
+        assert torch.equal(layer.gate.e_score_correction_bias, expected)
+        assert not layer.gate.e_score_correction_bias.requires_grad
+    # reduce_load replaces each load (here: expert i received i tokens), on a copy of last_load.
+    seen = []
+
+    def reduce_load(load):
+        seen.append(load)
+        load.zero_()
+        return load + torch.arange(load.numel())
+
+    before = [layer.gate.e_score_correction_bias.clone() for layer in layers]
+    train_step(model, optimizer, ids, bias_rate=0.5, reduce_load=reduce_load)
+    assert len(seen) == len(layers) and all(int(layer.last_load.sum()) > 0 for layer in layers)
+    n = config.n_routed_experts
+    step = 0.5 * torch.sign((n - 1) / 2 - torch.arange(n, dtype=torch.float64)).float()
+    for layer, old in zip(layers, before):
+        assert torch.equal(layer.gate.e_score_correction_bias, old + step)
+
+
+def test_train_step_calls_the_wrapper_not_its_module():
+    """DistributedDataParallel synchronises gradients only through its own forward: train_step must call it."""
+    from course_lib.deepseek import train_step
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self.module(*args, **kwargs)
+
+    config = DeepSeekConfig.tiny()
+    wrapper = Wrapper(DeepSeek(config).train())
+    optimizer = torch.optim.SGD(wrapper.parameters(), lr=0.1)
+    ids = torch.randint(0, config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+    train_step(wrapper, optimizer, ids)
+    assert wrapper.calls == 1
+    with pytest.raises(ValueError, match="mtp_weight"):
+        train_step(wrapper, optimizer, ids, mtp_weight=-1)
+    with pytest.raises(ValueError, match="ids"):
+        train_step(wrapper, optimizer, ids[:, :1])

@@ -1,0 +1,353 @@
+"""Chapter 15, §5–6 — DeepSeek's sparse attention (V3.2) and DeepSeek-V4's compressed attention.
+
+DeepSeek-V3.2-Exp [DeepSeek-AI, 2025, technical report and ``deepseek-ai/DeepSeek-V3.2-Exp``,
+``inference/model.py``] keeps V3's Multi-head Latent Attention (Chapter 10) and adds a *lightning indexer*: a
+few cheap heads score every earlier token,
+
+    I[t, s] = sum_j w[t, j] * ReLU(q[t, j] · k[s])        (j over the indexer's heads)
+
+and each query attends only to the ``top_k`` tokens with the highest scores (2,048 in V3.2). The main
+attention's cost per token goes from O(L) to O(k) (O(L²) to O(L·k) for a sequence); the indexer itself is
+still O(L) per token, but with 64 heads of 128 features, a single shared key and no softmax.
+
+DeepSeek-V4 [Hugging Face ``transformers/models/deepseek_v4``; its docstrings cite the V4 report, §2.3]
+goes further: layers keep a sliding window of recent tokens plus *compressed* entries, each a softmax-gated
+sum of ``m`` consecutive tokens (``m = 4`` with overlapping windows and the indexer: compressed sparse
+attention; ``m' = 128`` without an indexer: heavily compressed attention).
+
+- :func:`lightning_indexer` (Exercise 15.3): the scores and the top-k selection, causal, with a tie rule;
+- :class:`LightningIndexer`: V3.2's indexer module (Hugging Face's ``DeepseekV32Indexer`` names);
+- :class:`SparseLatentAttention`: MLA whose queries attend, on the latent, to the indexer's tokens only;
+- :func:`compress_windows` and :class:`Compressor`: V4's gated pooling of windows into compressed entries;
+- :func:`cache_bytes_per_token` and :func:`attention_macs_per_token`: the chapter's accounting of V3, V3.2, V4.
+
+Simplifications (the chapter states them): no FP8 and no Hadamard rotation in the indexer (DeepSeek's code
+quantizes the indexer's queries and keys to FP8 after a Hadamard transform; an orthogonal rotation keeps the
+dot products, and FP8 only rounds them), no YaRN, no cache for decoding in the sparse layer (a prompt is
+processed whole), and the V4 compressor without its decoding state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .deepseek import DeepSeekConfig
+from .exercises import exercise
+from .layers import RMSNorm
+from .mla import MultiHeadLatentAttention, cache_bytes
+from .rope import RotaryEmbedding
+
+# DeepSeek-V3.2-Exp's indexer sizes: Hugging Face's DeepseekV32Config defaults (configuration_deepseek_v32.py:
+# index_n_heads, index_head_dim, index_topk), the released config's values.
+V32_INDEXER = {"index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048}
+
+# DeepSeek-V4's attention sizes: Hugging Face's DeepseekV4Config defaults (configuration_deepseek_v4.py; its
+# docstrings name them V4-Flash's). The layer types are the config's default schedule for 43 layers: two
+# heavily compressed layers, then compressed-sparse and heavily-compressed layers alternating.
+V4_ATTENTION = {
+    "num_hidden_layers": 43,
+    "num_attention_heads": 64,
+    "head_dim": 512,
+    "qk_rope_head_dim": 64,
+    "sliding_window": 128,
+    "compress_rates": {"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
+    "index_n_heads": 64,
+    "index_head_dim": 128,
+    "index_topk": 512,
+    "hc_mult": 4,
+    "hc_sinkhorn_iters": 20,
+    "layer_types": ["heavily_compressed_attention"] * 2
+    + ["compressed_sparse_attention" if i % 2 else "heavily_compressed_attention" for i in range(41)],
+}
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _check_positive_int(name: str, value) -> None:
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The lightning indexer (Exercise 15.3)
+# --------------------------------------------------------------------------------------
+
+
+@exercise("15.3", "The lightning indexer with top-k selection", points=3)
+def lightning_indexer(
+    q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, top_k: int, causal: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score every key for every query with the indexer's heads, and keep each query's ``top_k`` best keys.
+
+    With ``H`` indexer heads, query ``t`` and key ``s``:
+
+        scores[b, t, s] = sum_j  w[b, t, j] * ReLU(q[b, t, j, :] · k[b, s, :])
+
+    one key per position shared by all heads, a weight per query and head, the ReLU on each head's dot
+    product *before* the weighting (so a head can only add evidence, in the sign of its weight). Any scaling
+    (``head_dim ** -0.5``, ``H ** -0.5``) is already folded into ``w`` by the caller.
+
+    Causality: the queries are the *last* ``seq_q`` positions of the ``seq_k`` keys (a prompt has
+    ``seq_q == seq_k``; one decoding step has ``seq_q == 1``), so query ``t`` stands at position
+    ``p = seq_k - seq_q + t`` and sees the keys ``0 ... p``. With ``causal=True`` the scores of the keys it
+    cannot see are ``-inf``; with ``causal=False`` every key is visible.
+
+    Selection: for each query, ``min(top_k, seq_k)`` slots holding key positions, best score first. Equal
+    scores go to the **earlier** position first. When a query sees fewer keys than there are slots, the
+    visible keys fill the first slots and the remaining slots hold ``-1`` (never a hidden position).
+
+    Args:
+        q: the indexer's queries, a floating-point tensor ``(batch, seq_q, H, d)``.
+        k: the indexer's keys, ``(batch, seq_k, d)``, the same dtype as ``q``.
+        w: the per-head weights, ``(batch, seq_q, H)``, the same dtype.
+        top_k: the number of keys to keep, a positive ``int``.
+        causal: a ``bool``, the mask above. With ``causal=True``, ``seq_q <= seq_k``.
+
+    Returns:
+        ``(scores, indices)``: ``scores`` a ``torch.float32`` tensor ``(batch, seq_q, seq_k)`` (computed in
+        float32 whatever the input dtype, ``-inf`` where hidden); ``indices`` a ``torch.int64`` tensor
+        ``(batch, seq_q, min(top_k, seq_k))``. The inputs are not modified.
+
+    Raises:
+        ValueError: if ``q``, ``k`` or ``w`` is not a floating-point tensor of the shapes above (batch, heads,
+            widths and query counts agreeing, one dtype), if ``top_k`` is not a positive ``int`` (a ``bool``
+            is refused), if ``causal`` is not a ``bool``, or if ``causal`` and ``seq_q > seq_k``.
+
+    Example:
+        >>> q = torch.tensor([[[[1.0, 0.0]], [[1.0, 0.0]]]])  # (1, 2, 1, 2): two queries, one head
+        >>> k = torch.tensor([[[2.0, 0.0], [3.0, 0.0]]])  # (1, 2, 2)
+        >>> scores, idx = lightning_indexer(q, k, torch.ones(1, 2, 1), top_k=2)
+        >>> scores
+        tensor([[[2., -inf],
+                 [2., 3.]]])
+        >>> idx  # query 0 sees key 0 only: its second slot is -1
+        tensor([[[ 0, -1],
+                 [ 1,  0]]])
+    """
+    raise NotImplementedError
+
+
+class LightningIndexer(nn.Module):
+    """DeepSeek-V3.2's lightning indexer, with Hugging Face's ``DeepseekV32Indexer`` names.
+
+    Args:
+        config: a :class:`~course_lib.deepseek.DeepSeekConfig` with query compression (``q_lora_rank``); this
+            reads ``d_model``, ``q_lora_rank``, ``qk_rope_head_dim``, ``context_length`` and ``rope_base``.
+        n_heads, head_dim, top_k: the indexer's sizes (V3.2: 64, 128, 2,048; :data:`V32_INDEXER`).
+
+    Attributes:
+        wq_b: ``nn.Linear(q_lora_rank, n_heads * head_dim)``, the queries from MLA's compressed query ``c_q``.
+        wk: ``nn.Linear(d_model, head_dim)``, one key per token, and k_norm, an ``nn.LayerNorm(head_dim)``.
+        weights_proj: ``nn.Linear(d_model, n_heads)``, the per-head weights ``w`` from the hidden state.
+        rope: RoPE on the first ``qk_rope_head_dim`` features of each query and key, in split-halves pairing
+            (unlike MLA's interleaved pairs in V3's checkpoints: Hugging Face's code says so).
+
+    ``w`` is scaled by ``n_heads ** -0.5`` and ``head_dim ** -0.5``, as in both DeepSeek's and Hugging
+    Face's code (ReLU commutes with a positive scale, so folding it into ``w`` is exact).
+    """
+
+    def __init__(self, config: DeepSeekConfig, n_heads: int, head_dim: int, top_k: int):
+        super().__init__()
+        if config.q_lora_rank is None:
+            raise ValueError("the indexer reads MLA's compressed query: the config needs a q_lora_rank")
+        for name, value in (("n_heads", n_heads), ("head_dim", head_dim), ("top_k", top_k)):
+            _check_positive_int(name, value)
+        if head_dim < config.qk_rope_head_dim:
+            raise ValueError(f"head_dim ({head_dim}) must hold the {config.qk_rope_head_dim} rotated features")
+        self.n_heads, self.head_dim, self.top_k = n_heads, head_dim, top_k
+        self.rope_dim = config.qk_rope_head_dim
+        self.wq_b = nn.Linear(config.q_lora_rank, n_heads * head_dim, bias=False)
+        self.wk = nn.Linear(config.d_model, head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(head_dim, eps=1e-6)
+        self.weights_proj = nn.Linear(config.d_model, n_heads, bias=False)
+        r = config.qk_rope_head_dim
+        theta = 1.0 / config.rope_base ** (torch.arange(0, r, 2, dtype=torch.float32) / r)
+        self.rope = RotaryEmbedding.from_frequencies(theta, config.context_length, interleaved=False)
+
+    def forward(self, x: torch.Tensor, q_resid: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and top-k indices for a prompt ``x`` ``(batch, seq, d_model)`` at positions ``offset ...``,
+        ``q_resid`` its compressed query ``(batch, seq, q_lora_rank)``: :func:`lightning_indexer`'s results."""
+        batch, seq, _ = x.shape
+        r = self.rope_dim
+        q = self.wq_b(q_resid).view(batch, seq, self.n_heads, self.head_dim)  # (batch, seq, H, d)
+        q_rot = self.rope(q[..., :r].transpose(1, 2), offset).transpose(1, 2)  # rotate per head, positions on dim 2
+        q = torch.cat([q_rot, q[..., r:]], dim=-1)
+        k = self.k_norm(self.wk(x))  # (batch, seq, d)
+        k = torch.cat([self.rope(k[..., :r], offset), k[..., r:]], dim=-1)
+        w = self.weights_proj(x) * (self.n_heads**-0.5 * self.head_dim**-0.5)  # (batch, seq, H)
+        return lightning_indexer(q, k, w, self.top_k)
+
+
+class SparseLatentAttention(MultiHeadLatentAttention):
+    """DeepSeek-V3.2's attention: MLA (Chapter 10's module, same weights and names) plus a
+    :class:`LightningIndexer` (``self.indexer``); each query attends only to the tokens the indexer selects.
+
+    The attention runs on the latent, as in absorbed decoding (Chapter 10): the key up-projection is folded
+    into the query, the selected latents and RoPE keys are gathered, ``(batch, seq, top_k, kv_lora_rank)``,
+    and the value up-projection applied after the weighted sum. So the score and value work per query is
+    ``top_k`` keys, not ``L``. Equal to Hugging Face's ``DeepseekV32Attention`` (eager) with the same weights.
+    """
+
+    def __init__(self, config: DeepSeekConfig, index_n_heads: int, index_head_dim: int, index_topk: int):
+        super().__init__(config)
+        self.indexer = LightningIndexer(config, index_n_heads, index_head_dim, index_topk)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Causal sparse attention over a prompt ``x`` ``(batch, seq, d_model)``; returns ``(batch, seq, d_model)``."""
+        q_nope, q_rope = self.queries(x, offset)  # (batch, h, seq, nope), (batch, h, seq, rope)
+        latent, rope_key = self.compress(x, offset)  # (batch, seq, r), (batch, seq, rope)
+        _, idx = self.indexer(x, self.q_a_layernorm(self.q_a_proj(x)), offset)  # (batch, seq, k)
+        h, r = self.n_heads, self.kv_lora_rank
+        w_uk, w_uv = self.kv_b_proj.weight.view(h, -1, r).split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
+        q_latent = torch.einsum("bhsn,hnr->bhsr", q_nope, w_uk)  # the key up-projection absorbed
+        rows = torch.arange(x.shape[0])[:, None, None]
+        safe = idx.clamp(min=0)  # -1 slots read token 0 and are masked below
+        sel_latent, sel_rope = latent[rows, safe], rope_key[rows, safe]  # (batch, seq, k, r), (batch, seq, k, rope)
+        scores = torch.einsum("bhsr,bskr->bhsk", q_latent, sel_latent)
+        scores = (scores + torch.einsum("bhse,bske->bhsk", q_rope, sel_rope)) * self.scale
+        scores = scores.masked_fill((idx < 0)[:, None], float("-inf"))  # (batch, h, seq, k)
+        out_latent = torch.einsum("bhsk,bskr->bhsr", scores.softmax(dim=-1), sel_latent)
+        out = torch.einsum("bhsr,hvr->bshv", out_latent, w_uv)  # the value up-projection, after the sum
+        return self.o_proj(out.reshape(*x.shape[:2], h * self.v_head_dim))
+
+
+# --------------------------------------------------------------------------------------
+# DeepSeek-V4's compressor
+# --------------------------------------------------------------------------------------
+
+
+def compress_windows(kv: torch.Tensor, gate: torch.Tensor, position_bias: torch.Tensor, overlap: bool) -> torch.Tensor:
+    """V4's gated pooling: every complete window of ``m`` tokens becomes one entry.
+
+    ``kv`` and ``gate`` are ``(batch, seq, D)`` (``2 * d`` with ``overlap``), ``position_bias`` ``(m, D)``.
+    Without overlap (heavily compressed attention) entry ``i`` is ``sum_j softmax_j(gate + bias) * kv`` over
+    tokens ``i*m ... i*m + m - 1``, one softmax per feature. With overlap (compressed sparse attention) each
+    token carries two halves: entry ``i`` pools, over ``2m`` slots, the first halves of window ``i - 1`` and the
+    second halves of window ``i`` (window ``-1`` does not exist: its slots get weight 0). Tokens after the last
+    complete window are left out. Returns ``(batch, seq // m, d)`` in float32.
+    """
+    m = position_bias.shape[0]
+    batch, seq, width = kv.shape
+    n = seq // m
+    kv = kv[:, : n * m].float().view(batch, n, m, width)  # (batch, windows, m, D)
+    gate = gate[:, : n * m].float().view(batch, n, m, width) + position_bias.float()
+    if overlap:
+        d = width // 2
+        previous_kv = torch.cat([kv.new_zeros(batch, 1, m, d), kv[:, :-1, :, :d]], dim=1)
+        previous_gate = torch.cat([gate.new_full((batch, 1, m, d), float("-inf")), gate[:, :-1, :, :d]], dim=1)
+        kv = torch.cat([previous_kv, kv[..., d:]], dim=2)  # (batch, windows, 2m, d)
+        gate = torch.cat([previous_gate, gate[..., d:]], dim=2)
+    return (kv * gate.softmax(dim=2)).sum(dim=2)
+
+
+class Compressor(nn.Module):
+    """V4's compressor for one layer, with Hugging Face's ``DeepseekV4HCACompressor`` / ``CSACompressor`` names:
+    ``kv_proj`` and ``gate_proj`` (``d_model -> D``, ``D = 2 * head_dim`` with ``overlap``), ``position_bias``
+    ``(rate, D)``, ``kv_norm`` (an RMSNorm of ``head_dim``), then RoPE (interleaved pairs, base ``rope_base``) on
+    the last ``rope_dim`` features at position ``i * rate`` for entry ``i``. A CSA layer's compressor also holds an
+    indexer in Hugging Face's code (its ``indexer`` submodule); this one is the pooling alone, and the chapter's
+    indexer is :func:`lightning_indexer`. ``max_len`` bounds the positions the RoPE tables cover."""
+
+    def __init__(
+        self,
+        d_model: int,
+        head_dim: int,
+        rate: int,
+        overlap: bool,
+        rope_dim: int,
+        rope_base: float = 160000.0,
+        max_len: int = 4096,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        width = 2 * head_dim if overlap else head_dim
+        self.rate, self.overlap, self.rope_dim = rate, overlap, rope_dim
+        self.kv_proj = nn.Linear(d_model, width, bias=False)
+        self.gate_proj = nn.Linear(d_model, width, bias=False)
+        self.position_bias = nn.Parameter(torch.zeros(rate, width))
+        self.kv_norm = RMSNorm(head_dim, eps=eps)
+        theta = 1.0 / rope_base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
+        self.rope = RotaryEmbedding.from_frequencies(theta, max_len, interleaved=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The compressed entries of ``x`` ``(batch, seq, d_model)``: ``(batch, seq // rate, head_dim)``, float32."""
+        pooled = self.kv_norm(compress_windows(self.kv_proj(x), self.gate_proj(x), self.position_bias, self.overlap))
+        n, r = pooled.shape[1], self.rope_dim
+        positions = torch.arange(n) * self.rate  # entry i stands at its window's first position
+        cos, sin = self.rope.cos[positions], self.rope.sin[positions]  # (n, r / 2)
+        rot = pooled[..., -r:].unflatten(-1, (-1, 2))  # (batch, n, r / 2, 2): adjacent pairs
+        a, b = rot[..., 0], rot[..., 1]
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+        return torch.cat([pooled[..., :-r], rotated], dim=-1)
+
+
+# --------------------------------------------------------------------------------------
+# The accounting: cache bytes and attention work per token
+# --------------------------------------------------------------------------------------
+
+
+def cache_bytes_per_token(model: str) -> dict[str, int]:
+    """Cache bytes per token of context, all layers, of ``"v3"``, ``"v3.2"`` or ``"v4"``, by part.
+
+    - V3 (:meth:`DeepSeekConfig.v3`): Chapter 10's latent cache, 512 + 64 numbers per layer in bfloat16 (the
+      dtype of DeepSeek's ``kv_cache``/``pe_cache`` buffers), from :func:`course_lib.mla.cache_bytes`.
+    - V3.2: the same MLA cache plus the indexer's key per layer: ``index_head_dim`` FP8 bytes and one float32
+      scale per 128 of them (DeepSeek-V3.2-Exp ``inference/model.py``: ``k_cache`` in ``float8_e4m3fn``,
+      ``k_scale_cache`` in float32).
+    - V4 (:data:`V4_ATTENTION`): per compressed-sparse layer one entry of ``head_dim`` and one indexer key of
+      ``index_head_dim`` every 4 tokens, per heavily compressed layer one entry every 128 tokens, in bfloat16
+      (the precision Hugging Face's code stores; DeepSeek's own kernels may store less, which the chapter
+      could not check). The sliding windows (128 tokens per layer) are a constant, not per token: left out.
+    """
+    v3 = DeepSeekConfig.v3()
+    mla = cache_bytes(v3, seq_len=1, dtype=torch.bfloat16)
+    if model == "v3":
+        return {"latent": mla}
+    if model == "v3.2":
+        d = V32_INDEXER["index_head_dim"]
+        return {"latent": mla, "indexer keys": v3.n_layers * (d + 4 * (d // 128))}
+    if model == "v4":
+        c = V4_ATTENTION
+        csa_rate, hca_rate = c["compress_rates"].values()
+        n_csa = c["layer_types"].count("compressed_sparse_attention")
+        n_hca = c["layer_types"].count("heavily_compressed_attention")
+        bf16 = torch.bfloat16.itemsize
+        return {
+            "compressed (m=4)": n_csa * c["head_dim"] * bf16 // csa_rate,
+            "indexer keys": n_csa * c["index_head_dim"] * bf16 // csa_rate,
+            "heavily compressed (m'=128)": n_hca * c["head_dim"] * bf16 // hca_rate,
+        }
+    raise ValueError(f"model must be 'v3', 'v3.2' or 'v4', got {model!r}")
+
+
+def attention_macs_per_token(kind: str, context: int) -> int:
+    """Multiply-accumulates of one layer's attention for one new token after ``context`` tokens (scores and
+    weighted sums; projections left out), at the published sizes:
+
+    - ``"v3"``: absorbed MLA (Chapter 10) over every token: 128 heads · (512 + 64 + 512) per token;
+    - ``"v3.2"``: the indexer over every token (64 heads · 128) plus MLA over ``min(2048, context)`` tokens;
+    - ``"v4 csa"``: a 128-token window and the top 512 of ``context // 4`` compressed entries, 64 heads ·
+      (512 + 512) each, plus the indexer (64 · 128) over the compressed entries;
+    - ``"v4 hca"``: the window and all ``context // 128`` entries.
+    """
+    _check_positive_int("context", context)
+    mla = 128 * (512 + 64 + 512)
+    v4 = V4_ATTENTION
+    per_entry = v4["num_attention_heads"] * 2 * v4["head_dim"]
+    window = min(v4["sliding_window"], context)
+    indexer_v4 = v4["index_n_heads"] * v4["index_head_dim"]
+    if kind == "v3":
+        return context * mla
+    if kind == "v3.2":
+        return context * V32_INDEXER["index_n_heads"] * V32_INDEXER["index_head_dim"] + min(2048, context) * mla
+    if kind == "v4 csa":
+        entries = context // 4
+        return (window + min(v4["index_topk"], entries)) * per_entry + entries * indexer_v4
+    if kind == "v4 hca":
+        return (window + context // 128) * per_entry
+    raise ValueError(f"kind must be 'v3', 'v3.2', 'v4 csa' or 'v4 hca', got {kind!r}")
