@@ -3,9 +3,10 @@
 Full causal attention costs every new token a look at every earlier one: a cache that grows with the context and
 a score matrix of ``seq × seq`` numbers when a whole sequence is processed at once. Two answers live here.
 
-* **Look at less.** A *sliding window* (Mistral 7B, Jiang et al. 2023, arXiv:2310.06825 §2) lets position ``i``
-  see only the ``window`` positions ``i - window + 1 ... i``; its cache is a *rolling buffer* of ``window`` slots,
-  token ``p`` written to slot ``p mod window`` (:class:`RollingKVCache`). *Attention sinks* give the softmax
+* **Look at less.** A *sliding window* (Mistral 7B, Jiang et al. 2023, arXiv:2310.06825 §2, whose text writes the
+  range one wider, ``i - W ... i``) lets position ``i`` see only the ``window`` positions ``i - window + 1 ... i``;
+  its cache is a *rolling buffer* of ``window`` slots, token ``p`` written to slot ``p mod window``
+  (:class:`RollingKVCache`). *Attention sinks* give the softmax
   somewhere harmless to put weight: StreamingLLM (Xiao et al. 2023, arXiv:2309.17453) keeps the first tokens in
   the cache forever (``n_keep``), and gpt-oss learns one extra logit per head that takes probability and carries
   no value (:func:`local_attention` with ``sinks``). Models alternate window layers with full layers

@@ -10,10 +10,10 @@ and each query attends only to the ``top_k`` tokens with the highest scores (2,0
 attention's cost per token goes from O(L) to O(k) (O(L²) to O(L·k) for a sequence); the indexer itself is
 still O(L) per token, but with 64 heads of 128 features, a single shared key and no softmax.
 
-DeepSeek-V4 [Hugging Face ``transformers/models/deepseek_v4``; its docstrings cite the V4 report, §2.3]
-goes further: layers keep a sliding window of recent tokens plus *compressed* entries, each a softmax-gated
-sum of ``m`` consecutive tokens (``m = 4`` with overlapping windows and the indexer: compressed sparse
-attention; ``m' = 128`` without an indexer: heavily compressed attention).
+DeepSeek-V4 [Hugging Face ``transformers/models/deepseek_v4``; its docstrings cite the V4 report, §2.3, DeepSeek-AI,
+2026, arXiv:2606.19348] goes further: layers keep a sliding window of recent tokens plus *compressed* entries,
+each a softmax-gated sum of ``m`` consecutive tokens (``m = 4`` with overlapping windows and the indexer:
+compressed sparse attention; ``m' = 128`` without an indexer: heavily compressed attention).
 
 - :func:`lightning_indexer` (Exercise 15.3): the scores and the top-k selection, causal, with a tie rule;
 - :class:`LightningIndexer`: V3.2's indexer module (Hugging Face's ``DeepseekV32Indexer`` names);
