@@ -19,19 +19,26 @@ compressed sparse attention; ``m' = 128`` without an indexer: heavily compressed
 - :class:`LightningIndexer`: V3.2's indexer module (Hugging Face's ``DeepseekV32Indexer`` names);
 - :class:`SparseLatentAttention`: MLA whose queries attend, on the latent, to the indexer's tokens only;
 - :func:`compress_windows` and :class:`Compressor`: V4's gated pooling of windows into compressed entries;
+- :class:`V4Indexer` and :class:`V4Attention` (with :class:`V4AttentionConfig`): V4's whole attention layer of
+  each kind (sliding window only, compressed sparse, heavily compressed): the window, the compressed entries, one
+  shared key/value head, the sinks and the grouped output projection, with Hugging Face's ``DeepseekV4Attention``
+  names and outputs;
 - :func:`cache_bytes_per_token` and :func:`attention_macs_per_token`: the chapter's accounting of V3, V3.2, V4.
 
 Simplifications (the chapter states them): no FP8 and no Hadamard rotation in the indexer (DeepSeek's code
 quantizes the indexer's queries and keys to FP8 after a Hadamard transform; an orthogonal rotation keeps the
-dot products, and FP8 only rounds them), no YaRN, no cache for decoding in the sparse layer (a prompt is
+dot products, and FP8 only rounds them), no YaRN, no cache for decoding in the sparse layers (a prompt is
 processed whole), and the V4 compressor without its decoding state.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
+
 import torch
 from torch import nn
 
+from .attention import sliding_window_mask
 from .deepseek import DeepSeekConfig
 from .exercises import exercise
 from .layers import RMSNorm
@@ -221,6 +228,20 @@ class SparseLatentAttention(MultiHeadLatentAttention):
 # --------------------------------------------------------------------------------------
 
 
+def rotate_tail(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """V4's RoPE: rotate the *last* ``r = 2 * cos.shape[-1]`` features of ``x`` in adjacent pairs (DeepSeek's
+    interleaved convention), the features before them unchanged. V4 lays each head out as ``[no position | rope]``.
+
+    ``x`` is ``(..., seq, width)``; ``cos`` and ``sin`` are ``(seq, r / 2)``, one row per row of ``x`` (any positions,
+    so compressed entries can stand at ``i * rate``). Passing ``-sin`` rotates by minus the angles: the inverse.
+    """
+    r = 2 * cos.shape[-1]
+    pairs = x[..., -r:].unflatten(-1, (-1, 2))  # (..., seq, r / 2, 2): adjacent pairs
+    a, b = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+    return torch.cat([x[..., :-r], rotated], dim=-1)
+
+
 def compress_windows(kv: torch.Tensor, gate: torch.Tensor, position_bias: torch.Tensor, overlap: bool) -> torch.Tensor:
     """V4's gated pooling: every complete window of ``m`` tokens becomes one entry.
 
@@ -234,6 +255,8 @@ def compress_windows(kv: torch.Tensor, gate: torch.Tensor, position_bias: torch.
     m = position_bias.shape[0]
     batch, seq, width = kv.shape
     n = seq // m
+    if n == 0:  # not one complete window yet
+        return kv.new_zeros(batch, 0, width // 2 if overlap else width, dtype=torch.float32)
     kv = kv[:, : n * m].float().view(batch, n, m, width)  # (batch, windows, m, D)
     gate = gate[:, : n * m].float().view(batch, n, m, width) + position_bias.float()
     if overlap:
@@ -277,13 +300,212 @@ class Compressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The compressed entries of ``x`` ``(batch, seq, d_model)``: ``(batch, seq // rate, head_dim)``, float32."""
         pooled = self.kv_norm(compress_windows(self.kv_proj(x), self.gate_proj(x), self.position_bias, self.overlap))
-        n, r = pooled.shape[1], self.rope_dim
-        positions = torch.arange(n) * self.rate  # entry i stands at its window's first position
-        cos, sin = self.rope.cos[positions], self.rope.sin[positions]  # (n, r / 2)
-        rot = pooled[..., -r:].unflatten(-1, (-1, 2))  # (batch, n, r / 2, 2): adjacent pairs
-        a, b = rot[..., 0], rot[..., 1]
-        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-        return torch.cat([pooled[..., :-r], rotated], dim=-1)
+        # entry i stands at its window's first position
+        positions = torch.arange(pooled.shape[1], device=pooled.device) * self.rate
+        return rotate_tail(pooled, self.rope.cos[positions], self.rope.sin[positions])
+
+
+# --------------------------------------------------------------------------------------
+# DeepSeek-V4's attention layer
+# --------------------------------------------------------------------------------------
+
+#: Hugging Face's names for V4's three kinds of attention layer (``DeepseekV4Config.layer_types``).
+V4_LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
+
+
+@dataclass(frozen=True)
+class V4AttentionConfig:
+    """The sizes one V4 attention layer reads, under ``DeepseekV4Config``'s names; the defaults are that config's
+    (V4-Flash's, :data:`V4_ATTENTION`). ``max_len`` is ours: the positions the RoPE tables cover (Hugging Face
+    computes its angles on the fly, up to ``max_position_embeddings``, a million)."""
+
+    hidden_size: int = 4096
+    num_attention_heads: int = 64
+    head_dim: int = 512
+    qk_rope_head_dim: int = 64
+    q_lora_rank: int = 1024
+    sliding_window: int = 128
+    o_groups: int = 8
+    o_lora_rank: int = 1024
+    compress_rates: dict = field(default_factory=lambda: dict(V4_ATTENTION["compress_rates"]))
+    index_n_heads: int = 64
+    index_head_dim: int = 128
+    index_topk: int = 512
+    rope_theta: float = 10000.0
+    compress_rope_theta: float = 160000.0
+    rms_norm_eps: float = 1e-6
+    max_len: int = 4096
+
+    @classmethod
+    def from_config(cls, config, max_len: int = 4096) -> V4AttentionConfig:
+        """The fields above read from a Hugging Face ``DeepseekV4Config`` (or any object with these attributes)."""
+        names = [f.name for f in fields(cls) if f.name != "max_len"]
+        return cls(**{name: getattr(config, name) for name in names}, max_len=max_len)
+
+
+def _rope_tables(rope_dim: int, base: float, max_len: int) -> RotaryEmbedding:
+    """cos/sin tables for V4's interleaved RoPE on ``rope_dim`` features (only the tables are used here)."""
+    theta = 1.0 / base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
+    return RotaryEmbedding.from_frequencies(theta, max_len, interleaved=True)
+
+
+def _compressor_settings(c: V4AttentionConfig) -> dict:
+    """A :class:`Compressor`'s RoPE and norm settings in a V4 layer: the compressed branch's base, the config's
+    epsilon; the same for the layer's entries and its indexer's keys."""
+    return dict(rope_dim=c.qk_rope_head_dim, rope_base=c.compress_rope_theta, max_len=c.max_len, eps=c.rms_norm_eps)
+
+
+def entries_seen(seq: int, n_entries: int, rate: int, device=None) -> torch.Tensor:
+    """Which compressed entries each query may read: entry ``i`` pools tokens up to ``i * rate + rate - 1``, so the
+    query at position ``t`` sees it once that window is complete, ``i < (t + 1) // rate``. ``(seq, n_entries)`` bool."""
+    t = torch.arange(seq, device=device)[:, None]
+    i = torch.arange(n_entries, device=device)[None, :]
+    return i < (t + 1) // rate
+
+
+class V4Indexer(Compressor):
+    """V4's lightning indexer, with Hugging Face's ``DeepseekV4Indexer`` names. Unlike V3.2's it scores
+    *compressed* keys: it is a :class:`Compressor` of its own (overlapping windows of ``rate`` tokens, width
+    ``index_head_dim``: ``kv_proj``, ``gate_proj``, ``position_bias``, ``kv_norm``) plus the queries ``q_b_proj``
+    (from the layer's compressed query, as in V3.2) and the per-head weights ``scorer.weights_proj``. No LayerNorm
+    on the keys (V3.2 has one) and RoPE in adjacent pairs, with the compressed branch's base at every step.
+
+    The scores are :func:`lightning_indexer`'s (``w`` scaled by ``n_heads ** -0.5 * head_dim ** -0.5``, as Hugging
+    Face scales them); only the causal rule differs, so the selection is made here: query ``t`` picks among the
+    entries :func:`entries_seen` allows.
+    """
+
+    def __init__(self, config: V4AttentionConfig):
+        c = config
+        rate = c.compress_rates["compressed_sparse_attention"]
+        super().__init__(c.hidden_size, c.index_head_dim, rate, overlap=True, **_compressor_settings(c))
+        self.n_heads, self.head_dim, self.top_k = c.index_n_heads, c.index_head_dim, c.index_topk
+        self.q_b_proj = nn.Linear(c.q_lora_rank, c.index_n_heads * c.index_head_dim, bias=False)
+        # Hugging Face's DeepseekV4IndexerScorer holds this one weight: a dict keeps its state-dict name.
+        self.scorer = nn.ModuleDict({"weights_proj": nn.Linear(c.hidden_size, c.index_n_heads, bias=False)})
+
+    def forward(self, x: torch.Tensor, q_resid: torch.Tensor) -> torch.Tensor:
+        """The selected entries for a prompt ``x`` ``(batch, seq, d_model)`` with compressed query ``q_resid``
+        ``(batch, seq, q_lora_rank)``: ``(batch, seq, min(top_k, seq // rate))`` int64, ``-1`` in unused slots."""
+        batch, seq, _ = x.shape
+        keys = super().forward(x)  # (batch, n, d): entry i rotated at position i * rate
+        n = keys.shape[1]
+        if n == 0:  # fewer tokens than one window: nothing to select
+            return torch.zeros(batch, seq, 0, dtype=torch.int64, device=x.device)
+        cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]  # queries at positions 0 ... seq - 1
+        q = self.q_b_proj(q_resid).view(batch, seq, self.n_heads, self.head_dim)  # (batch, seq, H, d)
+        q = rotate_tail(q.transpose(1, 2), cos, sin).transpose(1, 2)  # positions on dim 2 while rotating
+        w = self.scorer["weights_proj"](x) * (self.n_heads**-0.5 * self.head_dim**-0.5)  # (batch, seq, H)
+        # lightning_indexer's causal rule is one key per position; an entry's rule is entries_seen's.
+        scores, _ = lightning_indexer(q.float(), keys, w.float(), self.top_k, causal=False)  # (batch, seq, n)
+        scores = scores.masked_fill(~entries_seen(seq, n, self.rate, x.device), float("-inf"))
+        best = scores.topk(min(self.top_k, n), dim=-1)
+        return best.indices.masked_fill(best.values == float("-inf"), -1)  # early queries see fewer than top_k
+
+
+class V4Attention(nn.Module):
+    """One DeepSeek-V4 attention layer for a whole prompt (no decoding cache), with Hugging Face's
+    ``DeepseekV4Attention`` names: its state dict loads with ``strict=True`` and the outputs agree.
+
+    - Queries: ``q_a_proj`` to a compressed query (``q_lora_rank``), ``q_a_norm``, ``q_b_proj`` to all heads, then
+      an RMS norm per head without weights (Hugging Face's ``q_b_norm``, which holds no parameter).
+    - One key/value head shared by all query heads: ``kv_proj``, ``kv_norm``; the same vector is key *and* value.
+    - RoPE (:func:`rotate_tail`) on the last ``qk_rope_head_dim`` features of queries and keys, base
+      ``rope_theta`` in sliding-only layers and ``compress_rope_theta`` in compressed ones (the base the
+      compressor uses for its entries). Since values carry that rotation too, the output's rotated features are
+      turned back by the query's own position: what each value adds then depends on its distance to the query only.
+    - Keys: the ``sliding_window`` most recent tokens (the query itself included), plus, for
+      ``"heavily_compressed_attention"``, every complete entry of a :class:`Compressor` (rate ``m'``, no overlap),
+      and for ``"compressed_sparse_attention"`` the ``index_topk`` complete entries of an overlapping
+      :class:`Compressor` (rate ``m``) that its :class:`V4Indexer` (``compressor.indexer``) picks.
+    - One softmax over those keys and a learned sink logit per head (``sinks``, gpt-oss's, as in
+      :func:`course_lib.long_context.local_attention`), scale ``head_dim ** -0.5``.
+    - The grouped output projection: the heads are split into ``o_groups`` groups, each group's concatenated
+      outputs projected to ``o_lora_rank`` features by its own block of ``o_a_proj``, then ``o_b_proj`` mixes the
+      groups into ``hidden_size``.
+
+    Like Hugging Face's layer (and unlike :class:`SparseLatentAttention`), the selection is a mask over all
+    entries, not a gather: the arithmetic is the same, the cost is not (the chapter counts the cost of a gather).
+    Not reproduced: YaRN on the compressed branch (configs that set it), and the caches for decoding.
+    """
+
+    def __init__(self, config: V4AttentionConfig, layer_type: str):
+        super().__init__()
+        if layer_type not in V4_LAYER_TYPES:
+            raise ValueError(f"layer_type must be one of {V4_LAYER_TYPES}, got {layer_type!r}")
+        c = config
+        if c.num_attention_heads * c.head_dim % c.o_groups:
+            raise ValueError(f"o_groups ({c.o_groups}) must divide num_attention_heads * head_dim")
+        self.config, self.layer_type = c, layer_type
+        self.n_heads, self.head_dim = c.num_attention_heads, c.head_dim
+        self.window, self.eps = c.sliding_window, c.rms_norm_eps
+        self.q_a_proj = nn.Linear(c.hidden_size, c.q_lora_rank, bias=False)
+        self.q_a_norm = RMSNorm(c.q_lora_rank, eps=c.rms_norm_eps)
+        self.q_b_proj = nn.Linear(c.q_lora_rank, c.num_attention_heads * c.head_dim, bias=False)
+        self.kv_proj = nn.Linear(c.hidden_size, c.head_dim, bias=False)
+        self.kv_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps)
+        # o_a_proj holds o_groups blocks of (o_lora_rank, heads * head_dim / o_groups), stacked as one weight.
+        self.o_a_proj = nn.Linear(
+            c.num_attention_heads * c.head_dim // c.o_groups, c.o_groups * c.o_lora_rank, bias=False
+        )
+        self.o_b_proj = nn.Linear(c.o_groups * c.o_lora_rank, c.hidden_size, bias=False)
+        self.sinks = nn.Parameter(torch.zeros(c.num_attention_heads))
+        self.compressor = None
+        base = c.rope_theta if layer_type == "sliding_attention" else c.compress_rope_theta
+        self.rope = _rope_tables(c.qk_rope_head_dim, base, c.max_len)
+        if layer_type != "sliding_attention":
+            sparse = layer_type == "compressed_sparse_attention"
+            rate = c.compress_rates[layer_type]
+            self.compressor = Compressor(c.hidden_size, c.head_dim, rate, overlap=sparse, **_compressor_settings(c))
+            if sparse:
+                # Hugging Face keeps the indexer inside the CSA compressor (compressor.indexer.* in its state dict);
+                # the compressor never calls it, this layer does.
+                self.compressor.indexer = V4Indexer(c)
+
+    def visible_entries(self, x: torch.Tensor, q_resid: torch.Tensor, n: int) -> torch.Tensor:
+        """Which of the ``n`` compressed entries each query reads: ``(batch, seq, n)`` bool. All complete ones in a
+        heavily compressed layer; the indexer's picks (complete ones only) in a compressed sparse layer."""
+        batch, seq, _ = x.shape
+        seen = entries_seen(seq, n, self.compressor.rate, x.device).expand(batch, seq, n)
+        if self.layer_type == "heavily_compressed_attention":
+            return seen
+        picks = self.compressor.indexer(x, q_resid)  # (batch, seq, k), -1 in unused slots (it matches no entry)
+        return (picks[..., None] == torch.arange(n, device=x.device)).any(dim=-2)
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Every head of ``q`` ``(batch, heads, seq, d)`` over the shared ``keys`` ``(batch, n_keys, d)`` (also the
+        values) where ``visible`` ``(batch, seq, n_keys)``, with the sinks; returns ``(batch, heads, seq, d)``."""
+        scores = torch.einsum("bhsd,bkd->bhsk", q, keys) * self.head_dim**-0.5
+        scores = scores.masked_fill(~visible[:, None], float("-inf"))  # (batch, heads, seq, n_keys)
+        sink = self.sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]  # the sink has no value
+        return torch.einsum("bhsk,bkd->bhsd", weights, keys)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal attention over a prompt ``x`` ``(batch, seq, hidden_size)`` at positions ``0 ... seq - 1``;
+        returns ``(batch, seq, hidden_size)``."""
+        batch, seq, _ = x.shape
+        if seq > self.config.max_len:
+            raise ValueError(f"the prompt has {seq} tokens, more than max_len ({self.config.max_len})")
+        cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]  # (seq, rope / 2)
+        q_resid = self.q_a_norm(self.q_a_proj(x))  # (batch, seq, q_lora_rank)
+        q = self.q_b_proj(q_resid).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        q = q * torch.rsqrt(q.float().square().mean(-1, keepdim=True) + self.eps).to(q.dtype)  # per head, no weight
+        q = rotate_tail(q, cos, sin)  # (batch, heads, seq, head_dim)
+        kv = rotate_tail(self.kv_norm(self.kv_proj(x)), cos, sin)  # (batch, seq, head_dim): one head
+
+        visible = sliding_window_mask(seq, self.window, device=x.device).expand(batch, seq, seq)
+        if self.compressor is not None:
+            entries = self.compressor(x).to(kv.dtype)  # (batch, n, head_dim)
+            visible = torch.cat([visible, self.visible_entries(x, q_resid, entries.shape[1])], dim=-1)
+            kv = torch.cat([kv, entries], dim=1)  # (batch, seq + n, head_dim)
+        out = rotate_tail(self.attend(q, kv, visible), cos, -sin)  # values' rotation undone at the query's position
+
+        g = self.config.o_groups
+        grouped = out.transpose(1, 2).reshape(batch, seq, g, -1)  # (batch, seq, groups, heads / groups * head_dim)
+        w_a = self.o_a_proj.weight.view(g, self.config.o_lora_rank, -1)  # (groups, o_lora_rank, per group)
+        mixed = torch.einsum("bsgi,gri->bsgr", grouped, w_a).flatten(2)  # (batch, seq, groups * o_lora_rank)
+        return self.o_b_proj(mixed)
 
 
 # --------------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ import pytest
 import torch
 from conftest import seeded_randn
 from transformers import DeepseekV4Config, DeepseekV32Config
-from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4CSACompressor, DeepseekV4HCACompressor
+from transformers.masking_utils import create_sliding_window_causal_mask
+from transformers.models.deepseek_v4.modeling_deepseek_v4 import (
+    DeepseekV4Attention,
+    DeepseekV4CSACompressor,
+    DeepseekV4HCACompressor,
+    DeepseekV4RotaryEmbedding,
+)
 from transformers.models.deepseek_v32.modeling_deepseek_v32 import DeepseekV32Attention, DeepseekV32RotaryEmbedding
 
 ODD = (
@@ -173,3 +179,84 @@ def test_compressor_equals_hugging_face(kind):
 def test_indexer_needs_a_compressed_query():
     with pytest.raises(ValueError, match="q_lora_rank"):
         sa.SparseLatentAttention(DeepSeekConfig.tiny(q_lora_rank=None), 2, 8, 4)
+
+
+# -- DeepSeek-V4's attention layer against Hugging Face's DeepseekV4Attention (eager) --------------------------------
+
+# Three heads of 10 (RoPE on the last 4) sharing one key/value head, 3 groups of one head projected to 5 features,
+# a window of 5, CSA at rate 3 keeping the indexer's top 3 entries (3 heads of 6), HCA at rate 5.
+V4_SIZES = dict(
+    num_hidden_layers=3,
+    num_attention_heads=3,
+    sliding_window=5,
+    o_groups=3,
+    o_lora_rank=5,
+    index_n_heads=3,
+    index_topk=3,
+    layer_types=list(sa.V4_LAYER_TYPES),
+)
+
+
+def _v4_attention_pair(kind: str, seed: int = 0):
+    """Hugging Face's DeepseekV4Attention of one layer type with random weights (norms, sinks and position biases
+    too) and the course's layer holding its state dict, both float32."""
+    config = _v4_config(**V4_SIZES)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    hf = DeepseekV4Attention(config, layer_idx=sa.V4_LAYER_TYPES.index(kind)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            scale = p.shape[-1] ** -0.5 if p.ndim > 1 else 1.0
+            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * scale)
+    ours = sa.V4Attention(sa.V4AttentionConfig.from_config(config, max_len=64), kind).eval()
+    ours.load_state_dict(hf.state_dict())  # strict: every name and shape agrees
+    return config, hf, ours
+
+
+def _v4_hf_forward(config, hf, x):
+    """Hugging Face's layer as its model calls it: both RoPE tables, positions 0 ... seq - 1, the model's mask."""
+    batch, seq, _ = x.shape
+    positions = torch.arange(seq)[None].expand(batch, -1)
+    rotary = DeepseekV4RotaryEmbedding(config)
+    tables = {kind: rotary(x, positions, layer_type=kind) for kind in ("main", "compress")}
+    mask = create_sliding_window_causal_mask(
+        config=config, inputs_embeds=x, attention_mask=None, cache=None, position_ids=positions
+    )
+    return hf(x, tables, positions, mask)[0]
+
+
+@pytest.mark.parametrize("seq", [2, 13, 15])
+@pytest.mark.parametrize("kind", sa.V4_LAYER_TYPES)
+def test_v4_attention_equals_hugging_face(kind, seq):
+    """2 tokens: no complete window yet; 13: a remainder at both rates; 15: a multiple of 3 and 5. All but 2 are
+    longer than the window, and at 13 and 15 the last queries see more CSA entries than the indexer keeps."""
+    config, hf, ours = _v4_attention_pair(kind)
+    x = seeded_randn(6, 2, seq, 12, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), _v4_hf_forward(config, hf, x), atol=1e-5, rtol=1e-5)
+
+
+def test_v4_indexer_picks_what_hugging_face_picks():
+    """The same entries per query as DeepseekV4Indexer, and -1 in the same slots (queries with fewer complete
+    entries than top_k); with 5 entries and top 3, the last queries really choose."""
+    _, hf, ours = _v4_attention_pair("compressed_sparse_attention", seed=1)
+    x = seeded_randn(7, 2, 15, 12, dtype=torch.float32)
+    positions = torch.arange(15)[None].expand(2, -1)
+    with torch.no_grad():
+        q_resid = hf.q_a_norm(hf.q_a_proj(x))
+        theirs = hf.compressor.indexer(x, q_resid, positions, None, 0)
+        mine = ours.compressor.indexer(x, q_resid)
+    assert mine.shape == theirs.shape == (2, 15, 3)
+    assert torch.equal(mine.sort(dim=-1).values, theirs.sort(dim=-1).values)
+    assert (mine[:, :2] == -1).all() and (mine[:, -1] >= 0).all()  # nothing complete before token 2; 5 at the end
+    seen = sa.entries_seen(15, 5, 3)
+    assert seen[-1].sum() == 5 and seen[2].tolist() == [True, False, False, False, False]
+
+
+def test_v4_attention_refuses_unknown_layer_types():
+    with pytest.raises(ValueError, match="layer_type"):
+        sa.V4Attention(sa.V4AttentionConfig(), "full_attention")
+
+
+def test_v4_attention_config_defaults_are_hugging_faces():
+    assert sa.V4AttentionConfig.from_config(DeepseekV4Config()) == sa.V4AttentionConfig()
