@@ -167,8 +167,7 @@ def train_run(
     model.train()
     seconds = 0.0
     for step in tqdm(range(1, steps + 1), disable=not progress, desc=type(model).__name__, mininterval=1.0):
-        for group in optimizer.param_groups:
-            group["lr"] = training.lr_at(step - 1, lr, steps // 20, steps, lr / 10)
+        training.apply_schedule(optimizer, step - 1, lr, steps)
         x, y = get_batch(train_ids, batch_size, context, generator)  # (batch, context) each
         start = time.perf_counter()
         if is_deepseek:

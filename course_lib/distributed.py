@@ -112,7 +112,7 @@ def train(
     Every process draws the same ``global_batch`` windows of ``context_length + 1`` tokens with a generator
     seeded by ``seed`` (:func:`course_lib.data.get_batch`) and keeps its rows (:func:`shard_rows`). The recipe is
     Chapter 5's (AdamW from :func:`~course_lib.training.make_optimizer`, warm-up over ``steps // 20`` steps and a
-    cosine decay to ``lr / 10`` by :func:`~course_lib.training.lr_at`); the routing-bias update reads the load
+    cosine decay to ``lr / 10``, :func:`~course_lib.training.apply_schedule`); the routing-bias update reads the load
     summed over the processes.
 
     Returns:
@@ -126,7 +126,7 @@ def train(
     from .data import get_batch
     from .deepseek import train_step
     from .moe import moe_layers
-    from .training import lr_at, make_optimizer
+    from .training import apply_schedule, make_optimizer
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -145,8 +145,7 @@ def train(
 
     model.train()
     for step in tqdm(range(steps), disable=not progress, desc=f"training on {world_size}", mininterval=1.0):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr, steps // 20, steps, lr / 10)
+        apply_schedule(optimizer, step, lr, steps)
         x, y = get_batch(ids, global_batch, context_length, generator)  # (B, T) each: the same on every process
         windows = torch.cat([x, y[:, -1:]], dim=1)  # (B, T + 1): inputs and targets in one, as the chapter's run
         global_loads.clear()

@@ -244,13 +244,17 @@ class MoE(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def update_bias(self, gamma: float = 1e-3) -> None:
+    def update_bias(self, gamma: float = 1e-3, load: torch.Tensor | None = None) -> None:
         """V3's auxiliary-loss-free step for this layer: the routing bias moves by :func:`update_bias`
-        of the load of the last call (in place)."""
-        if self.last_load is None:
-            raise ValueError("update_bias needs the load of a forward pass: call the layer first")
+        (in place, outside autograd) of ``load``, by default the load of the last call (distributed
+        training passes that load summed over the processes)."""
+        if load is None:
+            if self.last_load is None:
+                raise ValueError("update_bias needs the load of a forward pass: call the layer first")
+            load = self.last_load
         bias = self.gate.e_score_correction_bias
-        bias.copy_(update_bias(bias, self.last_load, gamma))
+        with torch.no_grad():
+            bias.copy_(update_bias(bias, load, gamma))
 
 
 def experts_from_hf(state: dict) -> dict:
@@ -472,7 +476,7 @@ def train_moe(
         :func:`max_violation`], "val": held-out loss at the end (with ``val_batches``)}``.
     """
     from .data import get_batch
-    from .training import clip_grad_norm, cross_entropy_loss, evaluate, lr_at, make_optimizer
+    from .training import apply_schedule, clip_grad_norm, cross_entropy_loss, evaluate, make_optimizer
 
     if balance not in ("none", "aux", "bias"):
         raise ValueError(f"balance must be 'none', 'aux' or 'bias', got {balance!r}")
@@ -482,8 +486,7 @@ def train_moe(
     history: dict[str, list] = {"loss": [], "load": [], "max_violation": []}
     model.train()
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr, steps // 20, steps, lr / 10)
+        apply_schedule(optimizer, step, lr, steps)
         x, y = get_batch(ids, batch_size, context_length, generator)
         optimizer.zero_grad()
         loss = cross_entropy_loss(model(x), y)

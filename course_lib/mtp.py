@@ -291,7 +291,7 @@ def train_mtp(
     """Train ``model`` on random windows of ``ids`` with the loss ``main + mtp_loss(depths, targets, weight)``.
 
     The recipe of :func:`course_lib.training.train` (AdamW from :func:`~course_lib.training.make_optimizer`, a
-    warm-up over ``steps // 20`` steps and a cosine decay to ``lr / 10`` by :func:`~course_lib.training.lr_at`,
+    warm-up over ``steps // 20`` steps and a cosine decay to ``lr / 10``, :func:`~course_lib.training.apply_schedule`,
     clipping at ``max_grad_norm``, batches from :func:`~course_lib.data.get_batch` seeded by ``seed``), with MTP's
     loss added. With ``weight = 0`` the modules are not run at all, so the trunk trains exactly as a plain Llama
     with the same seed and batches would.
@@ -300,7 +300,7 @@ def train_mtp(
         ``{"main": [the main head's loss at each step], "mtp": [the MTP term at each step, 0 when weight = 0]}``.
     """
     from .data import get_batch
-    from .training import clip_grad_norm, cross_entropy_loss, lr_at, make_optimizer
+    from .training import apply_schedule, clip_grad_norm, cross_entropy_loss, make_optimizer
 
     _check_positive_int("steps", steps)
     generator = torch.Generator().manual_seed(seed)
@@ -308,8 +308,7 @@ def train_mtp(
     history: dict[str, list] = {"main": [], "mtp": []}
     model.train()
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr, steps // 20, steps, lr / 10)
+        apply_schedule(optimizer, step, lr, steps)
         x, y = get_batch(ids, batch_size, context_length, generator)  # (batch, T) each
         logits, per_depth = model(x, depths=model.depth if weight else 0)
         main = cross_entropy_loss(logits, y)

@@ -195,6 +195,26 @@ def clip_grad_norm(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: 
     raise NotImplementedError
 
 
+def apply_schedule(
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    lr: float,
+    steps: int,
+    warmup_steps: int | None = None,
+    min_lr: float | None = None,
+) -> float:
+    """Set every parameter group of ``optimizer`` to the course's learning rate for optimizer step ``step``
+    (counted from 0) of a run of ``steps``: :func:`lr_at` with a warm-up over ``warmup_steps`` steps (default
+    ``steps // 20``) to ``lr``, then a cosine decay to ``min_lr`` (default ``lr / 10``, as in GPT-3). Returns the
+    rate. Every training loop of the course (:func:`train`, and Part III's and IV's) schedules through it."""
+    warmup_steps = steps // 20 if warmup_steps is None else warmup_steps
+    min_lr = lr / 10 if min_lr is None else min_lr
+    rate = lr_at(step, lr, warmup_steps, steps, min_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    return rate
+
+
 def make_optimizer(
     model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95)
 ) -> torch.optim.AdamW:
@@ -286,9 +306,7 @@ def train(
     model.train()
     bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=1.0)
     for step in bar:
-        rate = lr_at(step - 1, lr, warmup_steps, steps, min_lr)  # step counts from 1, lr_at from 0
-        for group in optimizer.param_groups:
-            group["lr"] = rate
+        rate = apply_schedule(optimizer, step - 1, lr, steps, warmup_steps, min_lr)  # step counts from 1, lr_at from 0
         x, y = get_batch(ids, batch_size, context_length, generator)
         history["lr"].append(rate)
         history["train"].append(train_step(model, optimizer, x.to(dev), y.to(dev), max_grad_norm=max_grad_norm))

@@ -88,11 +88,7 @@ def train_step(model, optimizer, ids, mtp_weight=0.3, bias_rate=1e-3, max_norm=1
     if max_norm is not None:
         torch.nn.utils.clip_grad_norm_(core.parameters(), max_norm)
     optimizer.step()
-    if bias_rate is not None:
-        with torch.no_grad():  # the routing bias is a buffer moved by a rule, not by gradient
-            for moe in core.modules():  # the main stack's MoE layers, then the MTP modules'
-                if isinstance(moe, _moe.MoE):
-                    load = moe.last_load if reduce_load is None else reduce_load(moe.last_load.clone())
-                    bias = moe.gate.e_score_correction_bias
-                    bias.copy_(_moe.update_bias(bias, load, bias_rate))
+    if bias_rate is not None:  # the routing bias is a buffer moved by a rule, not by gradient
+        for moe in _moe.moe_layers(core):  # the main stack's MoE layers, then the MTP modules'
+            moe.update_bias(bias_rate, None if reduce_load is None else reduce_load(moe.last_load.clone()))
     return {"loss": float(loss.detach()), "main": float(main.detach()), "mtp": float(mtp.detach())}
