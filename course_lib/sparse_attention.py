@@ -43,7 +43,7 @@ from .deepseek import DeepSeekConfig
 from .exercises import exercise
 from .layers import RMSNorm
 from .mla import MultiHeadLatentAttention, cache_bytes
-from .rope import RotaryEmbedding
+from .rope import RotaryEmbedding, apply_rope
 
 # DeepSeek-V3.2-Exp's indexer sizes: Hugging Face's DeepseekV32Config defaults (configuration_deepseek_v32.py:
 # index_n_heads, index_head_dim, index_topk), the released config's values.
@@ -236,10 +236,7 @@ def rotate_tail(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     so compressed entries can stand at ``i * rate``). Passing ``-sin`` rotates by minus the angles: the inverse.
     """
     r = 2 * cos.shape[-1]
-    pairs = x[..., -r:].unflatten(-1, (-1, 2))  # (..., seq, r / 2, 2): adjacent pairs
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-    return torch.cat([x[..., :-r], rotated], dim=-1)
+    return torch.cat([x[..., :-r], apply_rope(x[..., -r:], cos, sin, interleaved=True)], dim=-1)
 
 
 def compress_windows(kv: torch.Tensor, gate: torch.Tensor, position_bias: torch.Tensor, overlap: bool) -> torch.Tensor:
