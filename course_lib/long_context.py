@@ -93,9 +93,15 @@ def local_attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (batch, heads, seq, seq)
     scores = scores.masked_fill(~mask, float("-inf"))
+    return sink_softmax(scores, sinks) @ v
+
+
+def sink_softmax(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """The attention weights of ``scores`` ``(batch, heads, seq, n_keys)`` (``-inf`` where hidden) with a learned sink
+    logit per head, ``sinks`` ``(heads,)`` (gpt-oss, DeepSeek-V4): each row's softmax runs over its scores and the
+    head's sink, and the sink's probability is dropped, since it has no value; a row's weights sum to less than one."""
     sink = sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (batch, heads, seq, 1)
-    weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]  # the sink's column dropped
-    return weights @ v
+    return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]  # the sink's column dropped
 
 
 class RollingKVCache:

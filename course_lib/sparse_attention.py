@@ -42,6 +42,7 @@ from .attention import sliding_window_mask
 from .deepseek import DeepSeekConfig
 from .exercises import exercise
 from .layers import RMSNorm
+from .long_context import sink_softmax
 from .mla import MultiHeadLatentAttention, cache_bytes
 from .rope import RotaryEmbedding, apply_rope
 
@@ -474,9 +475,7 @@ class V4Attention(nn.Module):
         values) where ``visible`` ``(batch, seq, n_keys)``, with the sinks; returns ``(batch, heads, seq, d)``."""
         scores = torch.einsum("bhsd,bkd->bhsk", q, keys) * self.head_dim**-0.5
         scores = scores.masked_fill(~visible[:, None], float("-inf"))  # (batch, heads, seq, n_keys)
-        sink = self.sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
-        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]  # the sink has no value
-        return torch.einsum("bhsk,bkd->bhsd", weights, keys)
+        return torch.einsum("bhsk,bkd->bhsd", sink_softmax(scores, self.sinks), keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Causal attention over a prompt ``x`` ``(batch, seq, hidden_size)`` at positions ``0 ... seq - 1``;
