@@ -186,8 +186,7 @@ def decode_with_rolling_cache(
             outs.append(F.scaled_dot_product_attention(qp, kc, vc))
         else:
             scores = (qp @ kc.transpose(-2, -1)) / math.sqrt(d_head)  # (b, h, 1, filled)
-            sink = sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(batch, heads, 1, 1)
-            outs.append(torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1] @ vc)
+            outs.append(sink_softmax(scores, sinks) @ vc)
     return torch.cat(outs, dim=2)
 
 
