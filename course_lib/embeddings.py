@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .exercises import exercise
+from .validation import describe as _describe
 
 #: The standard deviation GPT-2 initialises its embedding tables with (Radford et al., 2019).
 INIT_STD = 0.02
@@ -257,9 +258,3 @@ def rotation_by_offset(offset: int, d_model: int, base: float = 10000.0) -> torc
     matrix[1::2, 0::2] = torch.diag(-sin)
     matrix[1::2, 1::2] = torch.diag(cos)
     return matrix
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"

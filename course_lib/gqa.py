@@ -33,11 +33,7 @@ from .exercises import exercise
 from .llama import Llama, LlamaConfig
 from .memory import kv_cache_bytes
 from .rope import apply_rope  # noqa: F401 - Exercise 9.2 rotates its queries and keys with it
-
-
-def _check_positive_int(name: str, value) -> None:
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from .validation import check_positive_int as _check_positive_int
 
 
 def _check_groups(n_heads, n_kv_heads) -> None:
@@ -48,12 +44,6 @@ def _check_groups(n_heads, n_kv_heads) -> None:
             f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}): every key/value head serves "
             "the same number of query heads"
         )
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------------------

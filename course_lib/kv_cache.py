@@ -26,17 +26,8 @@ import torch
 
 from .exercises import exercise
 from .gpt import GPT
-
-
-def _check_positive_int(name: str, value) -> None:
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
+from .validation import check_positive_int as _check_positive_int
+from .validation import describe as _describe
 
 
 class KVCache:

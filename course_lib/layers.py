@@ -27,14 +27,10 @@ import torch
 from torch import nn
 
 from .exercises import exercise
+from .validation import check_positive_int as _check_positive_int
 
 #: The values :func:`gelu` accepts for ``approximate`` (those of ``torch.nn.functional.gelu``).
 GELU_APPROXIMATIONS = ("none", "tanh")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_probability(name: str, value) -> None:

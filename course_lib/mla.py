@@ -39,22 +39,13 @@ from .layers import RMSNorm
 from .llama import LlamaConfig
 from .memory import kv_cache_bytes
 from .rope import RotaryEmbedding
-
-
-def _check_positive_int(name: str, value) -> None:
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from .validation import check_positive_int as _check_positive_int
+from .validation import describe as _describe
 
 
 def _check_config(config) -> None:
     if not isinstance(config, DeepSeekConfig):
         raise ValueError(f"config must be a course_lib.deepseek.DeepSeekConfig, got {type(config).__name__}")
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------------------

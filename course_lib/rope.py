@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .exercises import exercise
+from .validation import describe as _describe
 
 #: The RoPE settings of the models this chapter compares, from their published configurations
 #: (Hugging Face ``config.json``: ``hidden_size / num_attention_heads``, ``rope_theta``,
@@ -44,12 +45,6 @@ ROPE_SETTINGS = {
 def _check_head_dim(head_dim) -> None:
     if type(head_dim) is not int or head_dim <= 0 or head_dim % 2:
         raise ValueError(f"head_dim must be a positive even int (features are rotated in pairs), got {head_dim!r}")
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from .layers import RMSNorm
 from .long_context import sink_softmax
 from .mla import MultiHeadLatentAttention, cache_bytes
 from .rope import RotaryEmbedding, apply_rope
+from .validation import check_positive_int as _check_positive_int
 
 # DeepSeek-V3.2-Exp's indexer sizes: Hugging Face's DeepseekV32Config defaults (configuration_deepseek_v32.py:
 # index_n_heads, index_head_dim, index_topk), the released config's values.
@@ -68,17 +69,6 @@ V4_ATTENTION = {
     "layer_types": ["heavily_compressed_attention"] * 2
     + ["compressed_sparse_attention" if i % 2 else "heavily_compressed_attention" for i in range(41)],
 }
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
-
-
-def _check_positive_int(name: str, value) -> None:
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------
