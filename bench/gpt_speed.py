@@ -5,20 +5,20 @@
 
 One Hugging Face ``GPT2LMHeadModel`` (its default attention, PyTorch's fused
 ``scaled_dot_product_attention``) is saved and loaded into the course's :class:`~course_lib.gpt.GPT`
-twice, with ``kernels="fused"`` (the default) and ``kernels="course"`` (the learner's own
-attention, LayerNorm and GELU; here the references, ``COURSE_LIB_SOLUTIONS=1``). All three models
-first prove they compute the same logits. Then, in one process, each round times one training step
-of each model in turn (zero the gradients, forward, cross-entropy, backward, AdamW step, the same
-batch and the same optimizer settings for all, from ``course_lib.training.make_optimizer``), then
-one forward pass in evaluation mode without gradients, in an order reversed every other round.
-Interleaving spreads any change in the machine's load over all the models alike; the report is the
-median time of each and the median, over rounds, of Hugging Face's time divided by the model's: its
-speed relative to Hugging Face's (above 1: faster), on the clock and in the CPU time the process
-spent (which other processes on a busy machine disturb less). Dropout is 0, so all models do the
-same arithmetic, and all get the same work: the loss is computed outside every model (Hugging Face's
-is given no ``labels``), and Hugging Face's model keeps no key-value cache (``use_cache=False``; by
-default it copies every layer's keys and values into one during training too, which the course's GPT
-never does).
+twice, with ``kernels="fused"`` (the default) and ``kernels="course"`` (the learner's own attention,
+LayerNorm and GELU; here the references, ``COURSE_LIB_SOLUTIONS=1``). All three models first prove
+they compute the same logits. Then, in one process, each round times one training step of each model
+in turn (zero the gradients, forward, cross-entropy, backward, AdamW step, the same batch and the
+same optimizer settings for all, from ``course_lib.training.make_optimizer``), then one forward pass
+in evaluation mode without gradients, in an order reversed every other round. Interleaving spreads
+any change in the machine's load over all the models alike; the report is the median time of each
+and the median, over rounds, of Hugging Face's time divided by the model's: its speed relative to
+Hugging Face's (above 1: faster), with the quartiles of those ratios, on the clock and in the CPU
+time the process spent (which other processes on a busy machine disturb less). Dropout is 0, so all
+models do the same arithmetic, and all get the same work: the loss is computed outside every model
+(Hugging Face's is given no ``labels``), and Hugging Face's model keeps no key-value cache
+(``use_cache=False``; by default it copies every layer's keys and values into one during training
+too, which the course's GPT never does).
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ def train_step(model, optimizer, inputs: torch.Tensor, targets: torch.Tensor) ->
     optimizer.step()
 
 
+def quartiles(values: list[float]) -> list[float]:
+    """The first and third quartiles of ``values`` (the middle half of them lies between)."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else []
+    first, _, third = statistics.quantiles(values, n=4)
+    return [first, third]
+
+
 def timed(fn, *args) -> tuple[float, float]:
     """Seconds that ``fn(*args)`` took: on the clock, and of CPU time spent by this process (all its threads)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -94,7 +102,7 @@ def measure(
     layers: int = 4,
     heads: int = 4,
     batch: int = 8,
-    repeats: int = 15,
+    repeats: int = 40,
     threads: int | None = None,
 ) -> dict:
     """The interleaved rounds described above: per model, its median times and its speed against Hugging Face's."""
@@ -141,12 +149,13 @@ def measure(
     for name, measured in times.items():
         results[name] = {}
         for kind in kinds:
-            wall, cpu = (
-                statistics.median(h / m for h, m in zip(reference[kind, clock], measured[kind, clock]))
-                for clock in (0, 1)
-            )
-            results[name].update({f"{kind}_ms": statistics.median(measured[kind, 0]) * 1e3, f"{kind}_speed": wall})
-            results[name][f"{kind}_cpu_speed"] = cpu
+            # One ratio per round: Hugging Face's time over the model's, both measured within that round.
+            wall, cpu = ([h / m for h, m in zip(reference[kind, clock], measured[kind, clock])] for clock in (0, 1))
+            results[name].update({f"{kind}_ms": statistics.median(measured[kind, 0]) * 1e3})
+            results[name][f"{kind}_speed"] = statistics.median(wall)
+            # The middle half of the rounds' ratios: how far one number of this run can be trusted.
+            results[name][f"{kind}_speed_quartiles"] = quartiles(wall)
+            results[name][f"{kind}_cpu_speed"] = statistics.median(cpu)
     config = dict(vocab=vocab, context=context, width=width, layers=layers, heads=heads, batch=batch)
     return {"config": config, "threads": torch.get_num_threads(), "rounds": repeats, "models": results}
 
@@ -159,21 +168,25 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds; the medians count (default 15)")
+    parser.add_argument("--repeats", type=int, default=40, help="interleaved rounds; the medians count (default 40)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: course_lib's choice)")
     args = parser.parse_args()
     result = measure(**vars(args))
     print(
         f"{args.layers} layers, width {args.width}, {args.heads} heads, vocab {args.vocab}, "
         f"batch {args.batch} x {args.context}, {result['threads']} threads, {args.repeats} rounds. "
-        "Speed: Hugging Face's time / the model's (median over rounds); cpu: the same in CPU time"
+        "Speed: Hugging Face's time / the model's (median over rounds, and its quartiles); "
+        "cpu: the same in CPU time"
     )
-    print(f"{'':<30}{'train step':>11}{'speed':>8}{'cpu':>7}{'forward':>12}{'speed':>8}{'cpu':>7}")
+    print(f"{'':<30}{'train step':>11}{'speed':>8}{'quartiles':>12}{'cpu':>7}{'forward':>12}{'speed':>8}{'cpu':>7}")
     for name, measured in result["models"].items():
         row = f"{name:<30}"
         for kind in ("train", "forward"):
             ms, speed, cpu = (measured[f"{kind}_{what}"] for what in ("ms", "speed", "cpu_speed"))
-            row += f"{ms:>8.0f} ms{speed:>7.2f}x{cpu:>6.2f}x"
+            row += f"{ms:>8.0f} ms{speed:>7.2f}x"
+            if kind == "train":
+                row += "{:>7.2f}-{:.2f}".format(*measured["train_speed_quartiles"])
+            row += f"{cpu:>6.2f}x"
         print(row)
 
 

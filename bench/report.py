@@ -102,11 +102,22 @@ def plot_kv_cache(section: dict, ax=None):
 
 
 def gpt_speed_table(section: dict) -> str:
-    rows = [
-        [name, m["train_ms"], m["train_speed"], m["train_cpu_speed"], m["forward_ms"], m["forward_speed"]]
-        for name, m in section["models"].items()
+    rows = []
+    for name, m in section["models"].items():
+        quartiles = m.get("train_speed_quartiles")  # absent from results measured before they were recorded
+        middle = "{:.2f}–{:.2f}".format(*quartiles) if quartiles else "—"
+        rows.append(
+            [name, m["train_ms"], m["train_speed"], middle, m["train_cpu_speed"], m["forward_ms"], m["forward_speed"]]
+        )
+    headers = [
+        "model",
+        "train step (ms)",
+        "speed vs HF",
+        "middle half of rounds",
+        "speed vs HF (CPU time)",
+        "forward (ms)",
+        "speed vs HF",
     ]
-    headers = ["model", "train step (ms)", "speed vs HF", "speed vs HF (CPU time)", "forward (ms)", "speed vs HF"]
     return table(headers, rows)
 
 
@@ -124,8 +135,23 @@ def plot_gpt_speed(section: dict, ax=None):
     names = list(section["models"])
     width = 0.38
     for i, (kind, color) in enumerate((("train", BLUE), ("forward", ORANGE))):
-        speeds = [section["models"][name][f"{kind}_speed"] for name in names]
-        ax.barh([y + (i - 0.5) * width for y in range(len(names))], speeds, height=width, color=color, label=kind)
+        models = [section["models"][name] for name in names]
+        speeds = [m[f"{kind}_speed"] for m in models]
+        spread = None  # the quartiles of the rounds' ratios, as error bars, where the results hold them
+        if all(f"{kind}_speed_quartiles" in m for m in models):
+            spread = [
+                [s - m[f"{kind}_speed_quartiles"][0] for s, m in zip(speeds, models)],
+                [m[f"{kind}_speed_quartiles"][1] - s for s, m in zip(speeds, models)],
+            ]
+        ax.barh(
+            [y + (i - 0.5) * width for y in range(len(names))],
+            speeds,
+            height=width,
+            color=color,
+            label=kind,
+            xerr=spread,
+            error_kw={"elinewidth": 1, "capsize": 2},
+        )
     ax.axvline(1.0, color=GREY, linewidth=1)
     ax.set_yticks(range(len(names)), [name.replace(", ", "\n") for name in names], fontsize=8)
     ax.invert_yaxis()

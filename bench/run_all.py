@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS, help="the JSON file (default bench/results.json)")
     parser.add_argument("--no-render", action="store_true", help="do not re-execute the appendix notebook")
     parser.add_argument("--repeats", type=int, default=3, help="tokenizer and KV cache: runs, the best counts (3)")
-    parser.add_argument("--rounds", type=int, default=15, help="GPT speed: interleaved rounds, the medians count (15)")
+    parser.add_argument("--rounds", type=int, default=40, help="GPT speed: interleaved rounds, the medians count (40)")
     parser.add_argument("--learners", type=int, default=4, help="autograde: solved submissions per chapter (4)")
     args = parser.parse_args()
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
