@@ -557,19 +557,19 @@ class DeepSeek(nn.Module):
     def forward(self, ids: torch.Tensor, cache=None, offset: int = 0, mtp: bool = False):
         """The language model's logits for token ids ``(batch, T)`` at positions ``offset ... offset + T - 1``.
 
-        First call ``self._check_ids(ids, cache, offset, mtp)`` (finished: it raises every ``ValueError`` below).
-        Then::
+        ``logits[b, i]`` scores every candidate for the token after ``ids[b, i]``: it is the untied ``self.lm_head``
+        of the stack ``self.model``'s final hidden state (after its last norm) at that position, which has seen
+        ``ids[b, :i + 1]`` and, with a ``cache``, every position the cache held before the call (the call appends
+        this call's positions to it).
 
-            hidden = self.model(ids, cache, offset)       # (batch, T, d_model), after the final norm
-            logits = self.lm_head(hidden)                 # (batch, T, vocab_size)
+        With ``mtp=True`` (training) the MTP modules ``self.mtp`` run too (Chapter 12), in sequence, with the
+        model's own ``self.model.embed_tokens`` and ``self.lm_head``: module ``k`` (``k = 1 ... D``) reads the first
+        ``T - k`` representations of depth ``k - 1`` (the final hidden states for ``k = 1``; the previous module's
+        block output after that) together with the tokens ``ids[:, k:]``, and gives the logits of depth ``k``,
+        ``(batch, T - k, vocab_size)``, whose row ``i`` predicts the token ``k + 1`` places after position ``i``.
 
-        With ``mtp=False`` return ``logits``. With ``mtp=True`` also run the MTP modules ``self.mtp`` in sequence
-        (Chapter 12): module ``k`` (``k = 1 ... D``) takes the first ``T - k`` representations of depth ``k - 1``
-        (``hidden`` for ``k = 1``; the previous module's block output after that) and the tokens ``ids[:, k:]``,
-        with the model's own ``self.model.embed_tokens`` and ``self.lm_head``; it returns the logits of depth ``k``,
-        ``(batch, T - k, vocab_size)``, which predict the token ``k + 1`` places after each position. The result is
-        then ``(logits, [depth 1 logits, ..., depth D logits])`` (an empty list when the model has no MTP
-        module). ``course_lib.mtp.chain_depths`` is that loop, finished.
+        Bad input is refused by ``self._check_ids(ids, cache, offset, mtp)`` (finished code), before any work:
+        it raises every ``ValueError`` below.
 
         Args:
             ids: ``(batch, T)`` ``int64`` (or ``int32``) token ids below ``vocab_size``.
@@ -578,7 +578,8 @@ class DeepSeek(nn.Module):
             mtp: whether to return the MTP depths' logits too (training; no cache then).
 
         Returns:
-            ``logits`` ``(batch, T, vocab_size)``, or ``(logits, per_depth)`` with ``mtp=True``.
+            ``logits`` ``(batch, T, vocab_size)``; with ``mtp=True`` the pair ``(logits, per_depth)``, where
+            ``per_depth`` is the list of the depths' logits, depth 1 first (empty for a model without MTP modules).
 
         Raises:
             ValueError: (from ``_check_ids``) for ids that are not a 2-D integer tensor with at least one
@@ -602,24 +603,21 @@ class DeepSeek(nn.Module):
     ) -> torch.Tensor:
         """Continue ``ids`` by up to ``max_new_tokens`` tokens, reading and writing the absorbed latent cache.
 
-        1. Put the model in eval mode and record no gradient (``torch.no_grad()``); afterwards ``self.training``
-           is what it was before the call, also when an error is raised.
-        2. Prefill: ``cache = self.new_cache(batch)``, then one call ``self(ids, cache, 0)`` over the whole prompt;
-           its last position's logits choose the first new token.
-        3. Decode: each new token goes through ``self(token_column, cache, offset)`` alone, ``(batch, 1)`` at its
-           own position ``offset`` (the number of positions the cache holds), and its logits choose the next one.
-           The last new token needs no forward pass.
+        The work: one forward pass ``self(...)`` over the whole prompt into a new cache (``self.new_cache(batch)``),
+        then one forward pass per new token but the last, each reading that token alone, ``(batch, 1)``, at its own
+        position. So ``n`` new tokens cost ``n`` forward passes (none for ``n = 0``), and none reads a position twice.
 
-        A token is chosen from the logits ``(batch, vocab)`` of the last position read: at ``temperature == 0``
-        greedily, ``argmax`` (the lowest id on a tie), ``top_k`` and ``top_p`` playing no part; above 0 it is
-        drawn by ``torch.multinomial(probs, 1, generator=generator)`` from
+        Each new token is chosen from the logits ``(batch, vocab)`` of the last position read. At
+        ``temperature == 0``: greedily, ``argmax`` (the lowest id on a tie), ``top_k`` and ``top_p`` playing no
+        part; the tokens are then those of uncached greedy decoding (the model called on the whole sequence for
+        every new token). Above 0: drawn by ``torch.multinomial(probs, 1, generator=generator)`` from
         ``probs = course_lib.sampling.next_token_probs(logits, temperature, top_k, top_p)`` (Chapter 5), one call
-        per new token for the whole batch, every draw of the call from one
-        ``torch.Generator(device=ids.device)`` seeded with ``seed`` (``seed=None``: PyTorch's global generator).
+        per new token for the whole batch, every draw of the call from one ``torch.Generator(device=ids.device)``
+        seeded with ``seed`` (``seed=None``: PyTorch's global generator).
 
-        Generation stops when the sequence reaches ``context_length`` positions (the cache holds no more). At
-        temperature 0 the tokens are those of uncached greedy decoding (the model called on the whole sequence
-        for every new token).
+        The model runs in eval mode and records no gradient; when the call ends, also by an error,
+        ``self.training`` is what it was before. Generation stops when the sequence reaches ``context_length``
+        positions (the cache holds no more).
 
         Args:
             ids: ``(batch, T)`` ``int64`` prompt ids, ``1 <= T <= context_length``.
@@ -741,25 +739,27 @@ def train_step(
 ) -> dict[str, float]:
     """One optimisation step of DeepSeek-V3's recipe on a batch of token windows ``ids`` ``(batch, T + 1)``.
 
-    ``model`` is a :class:`DeepSeek` or a wrapper holding one as ``model.module`` (PyTorch's
-    ``DistributedDataParallel``); call the model through ``model(...)`` (never ``model.module(...)``): only the
-    wrapper's forward makes the backward pass synchronise the gradients between processes.
+    The inputs are ``ids[:, :-1]`` and the targets ``ids[:, 1:]`` (both ``(batch, T)``). The loss is
+    ``loss = main + mtp_weight * mtp`` (V3 report, eq. 25: lambda = 0.3, then 0.1), from one forward pass
+    ``model(inputs, mtp=True)``: ``main`` is the mean next-token cross-entropy of its logits against the targets,
+    and ``mtp`` the mean over the ``D`` depths of their cross-entropies, ``course_lib.mtp.mtp_loss(per_depth,
+    targets, 1.0)`` (depth ``k`` reads ``targets[:, k:]``), or ``0`` for a model without MTP modules.
 
-    1. ``optimizer.zero_grad()``.
-    2. ``inputs = ids[:, :-1]``, ``targets = ids[:, 1:]`` (both ``(batch, T)``); one forward,
-       ``logits, per_depth = model(inputs, mtp=True)``.
-    3. ``main`` = the mean next-token cross-entropy of ``logits`` against ``targets``; ``mtp`` = the mean over the
-       ``D`` depths of their cross-entropies, ``course_lib.mtp.mtp_loss(per_depth, targets, 1.0)`` (depth ``k``
-       reads ``targets[:, k:]``); ``mtp = 0`` for a model without MTP modules. The loss is
-       ``loss = main + mtp_weight * mtp`` (V3 report, eq. 25: lambda = 0.3, then 0.1).
-    4. ``loss.backward()``; clip the global gradient norm of all the model's parameters to ``max_norm``
-       (``torch.nn.utils.clip_grad_norm_``; ``None``: no clipping); ``optimizer.step()``.
-    5. The auxiliary-loss-free balancing (V3 report §2.1.2, Chapter 11): for every MoE layer of the model, in the
-       order of ``model.modules()`` (the main stack's, then the MTP modules'), ``load = moe.last_load`` from this
-       step's forward; if ``reduce_load`` is given, ``load = reduce_load(load.clone())`` (distributed training
-       passes an all-reduce sum, so that every process sees the global load); then the layer's routing bias
-       ``moe.gate.e_score_correction_bias`` becomes ``course_lib.moe.update_bias(bias, load, bias_rate)``, in
-       place and without autograd recording it. ``bias_rate=None`` skips this step.
+    ``model`` is a :class:`DeepSeek` or a wrapper holding one as ``model.module`` (PyTorch's
+    ``DistributedDataParallel``). The forward pass goes through ``model(...)``, never ``model.module(...)``: only
+    the wrapper's forward makes the backward pass synchronise the gradients between processes.
+
+    What the step changes, in this order:
+
+    - the parameters take one step of ``optimizer`` on the gradient of ``loss`` alone (gradients left from
+      before the call play no part), its global norm over all the model's parameters clipped to ``max_norm`` as
+      ``torch.nn.utils.clip_grad_norm_`` clips it (``None``: no clipping);
+    - then the auxiliary-loss-free balancing (V3 report §2.1.2, Chapter 11), outside autograd: every MoE layer of
+      the model (the main stack's, then the MTP modules') has its routing bias ``gate.e_score_correction_bias``
+      replaced, in place, by ``course_lib.moe.update_bias(bias, load, bias_rate)``. ``load`` is the layer's
+      ``last_load`` from this step's forward pass, or ``reduce_load(load.clone())`` when ``reduce_load`` is given
+      (distributed training passes an all-reduce sum, so that every process sees the global load).
+      ``bias_rate=None`` leaves the biases as they are.
 
     Args:
         model: a ``DeepSeek`` (or a wrapper with ``.module``), in training mode.
