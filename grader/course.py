@@ -532,13 +532,32 @@ def export(root: Path) -> Path:
 
     path = root / "grades.csv"
     exporter = CsvExportPlugin()
-    with tempfile.TemporaryDirectory(prefix="course-export-") as tmp:
+    # Graders of several shards export as they go: one at a time, each reading the gradebook after the one
+    # before has written, so the file the last of them leaves holds every grade recorded before it.
+    with _exclusive(root / ".grades.csv.lock"), tempfile.TemporaryDirectory(prefix="course-export-") as tmp:
         exporter.to = str(Path(tmp) / "grades.csv")
         with Gradebook(gradebook_url(root), COURSE_ID) as gradebook:
             exporter.export(gradebook)
         _mark_csv(root, Path(exporter.to))
         write_atomically(path, Path(exporter.to).read_text(encoding="utf-8"))
     return path
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Run the block holding an exclusive lock on the file ``lock`` (made if absent), waiting for any other
+    process that holds it. Where Python has no ``fcntl`` (Windows), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _forget(root: Path, failed: dict[str, list[str]]) -> None:
