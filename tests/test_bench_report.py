@@ -82,6 +82,21 @@ def test_every_section_makes_its_tables_and_sentences():
     assert "load average 1.5 before and 2.5 after" in report.machine(RESULTS["tokenizer"])
 
 
+def test_the_gpt_speed_table_and_figure_show_the_quartiles_of_the_rounds_when_the_results_hold_them():
+    from bench.gpt_speed import quartiles
+
+    assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [1.5, 4.5]
+    assert quartiles([1.1]) == [1.1, 1.1] and quartiles([]) == []
+    section = json.loads(json.dumps(RESULTS["gpt_speed"]))
+    assert '| course GPT, kernels="fused" | 250 | 1.2 | — |' in report.gpt_speed_table(section)  # older results
+    for model, (low, high) in zip(section["models"].values(), ((1.0, 1.0), (1.05, 1.31))):
+        model["train_speed_quartiles"] = model["forward_speed_quartiles"] = [low, high]
+    assert '| course GPT, kernels="fused" | 250 | 1.2 | 1.05–1.31 |' in report.gpt_speed_table(section)
+    ax = report.plot_gpt_speed(section)
+    assert len(ax.containers) == 4  # two bar groups, each with its error bars
+    plt.close(ax.figure)
+
+
 def test_a_disagreeing_tokenizer_is_said_loudly():
     assert "DIFFERENT ids" in report.tokenizer_summary(RESULTS["tokenizer"] | {"same_ids": False})
 
