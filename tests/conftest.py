@@ -37,5 +37,20 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@torch.no_grad()
+def randomize_weights_(module: torch.nn.Module) -> None:
+    """Give a Hugging Face module random weights, in place, from torch's global generator (seed it first).
+
+    Its own initialisation leaves norm scales at exactly 1 and some vectors at 0, which would hide a mistake in
+    how they are used: so norm parameters become ``1 + 0.2 * N(0, 1)``, matrices ``N(0, 1) / sqrt(fan_in)`` (outputs
+    of a useful size), and the other vectors (V4's sinks and position biases) ``N(0, 1)``.
+    """
+    for name, p in module.named_parameters():
+        if "norm" in name:
+            p.copy_(1 + 0.2 * torch.randn_like(p))
+        else:
+            p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.ndim > 1 else 1.0))
+
+
 def assert_close(actual, expected, tol=1e-10):
     torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)

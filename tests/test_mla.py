@@ -17,6 +17,7 @@ from course_lib.memory import kv_cache_bytes
 
 import pytest
 import torch
+from conftest import randomize_weights_
 from conftest import seeded_randn as _randn
 from transformers import DeepseekV3Config, DynamicCache
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
@@ -45,9 +46,7 @@ def _pair(overrides: dict, seed: int = 0):
     hf_config._attn_implementation = "eager"
     torch.manual_seed(seed)
     hf = DeepseekV3Attention(hf_config, layer_idx=0).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "layernorm" in name else torch.randn_like(p) / p.shape[-1] ** 0.5)
+    randomize_weights_(hf)
     ours = mla.MultiHeadLatentAttention(config).eval()
     ours.load_state_dict(hf.state_dict())  # strict: every name and shape agrees
     return config, hf_config, hf, ours

@@ -13,7 +13,7 @@ from course_lib.mla import MultiHeadLatentAttention, cache_bytes
 
 import pytest
 import torch
-from conftest import seeded_randn
+from conftest import randomize_weights_, seeded_randn
 from transformers import DeepseekV4Config, DeepseekV32Config
 from transformers.masking_utils import create_sliding_window_causal_mask
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import (
@@ -48,9 +48,7 @@ def _pair(overrides: dict, index: tuple[int, int, int], seed: int = 0):
     hf_config._attn_implementation = "eager"
     torch.manual_seed(seed)
     hf = DeepseekV32Attention(hf_config, layer_idx=0).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) / p.shape[-1] ** 0.5)
+    randomize_weights_(hf)
     ours = sa.SparseLatentAttention(config, n_heads, head_dim, top_k).eval()
     ours.load_state_dict(hf.state_dict())  # strict: every name and shape agrees
     return config, hf_config, hf, ours
@@ -204,10 +202,7 @@ def _v4_attention_pair(kind: str, seed: int = 0):
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     hf = DeepseekV4Attention(config, layer_idx=sa.V4_LAYER_TYPES.index(kind)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            scale = p.shape[-1] ** -0.5 if p.ndim > 1 else 1.0
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * scale)
+    randomize_weights_(hf)
     ours = sa.V4Attention(sa.V4AttentionConfig.from_config(config, max_len=64), kind).eval()
     ours.load_state_dict(hf.state_dict())  # strict: every name and shape agrees
     return config, hf, ours
