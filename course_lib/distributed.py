@@ -48,6 +48,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .validation import check_positive_int
+
 
 def shard_rows(global_batch: int, rank: int, world_size: int) -> slice:
     """The rows of a global batch of ``global_batch`` windows that process ``rank`` of ``world_size`` trains on:
@@ -58,9 +60,8 @@ def shard_rows(global_batch: int, rank: int, world_size: int) -> slice:
         ValueError: if ``global_batch`` is not divisible by ``world_size`` (unequal shares would weigh the rows of
             the smaller ones more), or a size or rank is out of range.
     """
-    for name, value in (("global_batch", global_batch), ("world_size", world_size)):
-        if type(value) is not int or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("global_batch", global_batch)
+    check_positive_int("world_size", world_size)
     if type(rank) is not int or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
     if global_batch % world_size:
@@ -190,8 +191,7 @@ def launch(args: list[str], nproc: int = 1, timeout: float = 300.0, env: dict[st
 
     from .threads import cores
 
-    if type(nproc) is not int or nproc < 1:
-        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    check_positive_int("nproc", nproc)
     env = dict(os.environ if env is None else env)
     root = str(Path(__file__).resolve().parent.parent)  # the folder holding course_lib
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .attention import sliding_window_mask
 from .exercises import exercise
+from .validation import check_positive_int
 
 # --------------------------------------------------------------------------------------
 # Windows and sinks (finished)
@@ -123,8 +124,7 @@ class RollingKVCache:
 
     def __init__(self, window: int, batch: int, heads: int, d_head: int, n_keep: int = 0, dtype=torch.float32):
         for name, value in (("window", window), ("batch", batch), ("heads", heads), ("d_head", d_head)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
+            check_positive_int(name, value)
         if type(n_keep) is not int or n_keep < 0:
             raise ValueError(f"n_keep must be an int of at least 0, got {n_keep!r}")
         self.window, self.n_keep = window, n_keep
@@ -306,8 +306,7 @@ def blockwise_attention(
         ``(..., n_q, d_v)`` in the dtype of ``q``.
     """
     _check_qkv(q, k, v)
-    if type(block_size) is not int or block_size < 1:
-        raise ValueError(f"block_size must be an int of at least 1, got {block_size!r}")
+    check_positive_int("block_size", block_size)
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"causal blockwise attention needs n_q == n_k, got {q.shape[-2]} and {k.shape[-2]}")
     n_q, n_k, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])

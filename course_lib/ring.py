@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .exercises import exercise
+from .validation import check_positive_int
 
 # --------------------------------------------------------------------------------------
 # Exercise: one step of the ring
@@ -97,8 +98,7 @@ def ring_step(
 
 def split_blocks(x: torch.Tensor, world_size: int) -> list[torch.Tensor]:
     """Cut ``(..., seq, d)`` into ``world_size`` equal contiguous blocks along ``seq``."""
-    if type(world_size) is not int or world_size < 1:
-        raise ValueError(f"world_size must be an int of at least 1, got {world_size!r}")
+    check_positive_int("world_size", world_size)
     if x.shape[-2] % world_size:
         raise ValueError(f"the sequence length {x.shape[-2]} must be divisible by world_size {world_size}")
     return list(x.split(x.shape[-2] // world_size, dim=-2))
