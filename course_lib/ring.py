@@ -140,7 +140,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[t
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)  # (..., n)
     k_cur, v_cur = k.contiguous(), v.contiguous()
     sent = []
-    for step in range(world):
+    for step, sources in enumerate(ring_schedule(world)):
         pending = []
         if step < world - 1:  # the last block needs to go nowhere: every rank has now seen all W blocks
             k_next, v_next = torch.empty_like(k_cur), torch.empty_like(v_cur)
@@ -153,7 +153,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[t
             pending = dist.batch_isend_irecv(ops)
             sent.append(k_cur.nbytes + v_cur.nbytes)
         # The block in hand is computed while the next one travels.
-        out, lse = ring_step(q, k_cur, v_cur, out, lse, rank, (rank - step) % world)
+        out, lse = ring_step(q, k_cur, v_cur, out, lse, rank, sources[rank])
         for request in pending:
             request.wait()
         if pending:
