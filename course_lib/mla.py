@@ -237,6 +237,16 @@ class ExpandedCache(_PairCache):
 # --------------------------------------------------------------------------------------
 
 
+def rope_with_base(rope_dim: int, base: float, max_len: int, interleaved: bool) -> RotaryEmbedding:
+    """RoPE on ``rope_dim`` features with Hugging Face's ``inv_freq`` for ``base``: Chapter 7's frequencies, computed
+    here rather than by Exercise 7.1, so that the chapters from here on (MLA, V3.2's indexer, V4's layers) can build
+    their modules whatever that exercise does."""
+    theta = 1.0 / base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
+    rope = RotaryEmbedding.from_frequencies(theta, max_len, interleaved=interleaved)
+    rope.base = base  # what the frequencies were computed from, for its repr
+    return rope
+
+
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2/V3's attention: keys and values rebuilt from a cached latent, RoPE on a decoupled part.
 
@@ -291,11 +301,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps=c.norm_eps)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
         self.o_proj = nn.Linear(h * c.v_head_dim, d, bias=False)
-        # Hugging Face's inv_freq (Chapter 7's rope_frequencies), given to the module rather than computed by
-        # Exercise 7.1, so that this chapter's checks can build the module whatever that exercise does.
-        theta = 1.0 / c.rope_base ** (torch.arange(0, c.qk_rope_head_dim, 2, dtype=torch.float32) / c.qk_rope_head_dim)
-        self.rope = RotaryEmbedding.from_frequencies(theta, c.context_length, interleaved=c.rope_interleaved)
-        self.rope.base = c.rope_base  # (what the frequencies were computed from, for its repr)
+        self.rope = rope_with_base(c.qk_rope_head_dim, c.rope_base, c.context_length, c.rope_interleaved)
 
     def extra_repr(self) -> str:
         return (

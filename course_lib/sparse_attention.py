@@ -43,8 +43,8 @@ from .deepseek import DeepSeekConfig
 from .exercises import exercise
 from .layers import RMSNorm
 from .long_context import sink_softmax
-from .mla import MultiHeadLatentAttention, cache_bytes
-from .rope import RotaryEmbedding, apply_rope
+from .mla import MultiHeadLatentAttention, cache_bytes, rope_with_base
+from .rope import apply_rope
 from .validation import check_positive_int as _check_positive_int
 
 # DeepSeek-V3.2-Exp's indexer sizes: Hugging Face's DeepseekV32Config defaults (configuration_deepseek_v32.py:
@@ -163,9 +163,7 @@ class LightningIndexer(nn.Module):
         self.wk = nn.Linear(config.d_model, head_dim, bias=False)
         self.k_norm = nn.LayerNorm(head_dim, eps=1e-6)
         self.weights_proj = nn.Linear(config.d_model, n_heads, bias=False)
-        r = config.qk_rope_head_dim
-        theta = 1.0 / config.rope_base ** (torch.arange(0, r, 2, dtype=torch.float32) / r)
-        self.rope = RotaryEmbedding.from_frequencies(theta, config.context_length, interleaved=False)
+        self.rope = rope_with_base(config.qk_rope_head_dim, config.rope_base, config.context_length, interleaved=False)
 
     def forward(self, x: torch.Tensor, q_resid: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and top-k indices for a prompt ``x`` ``(batch, seq, d_model)`` at positions ``offset ...``,
@@ -282,8 +280,7 @@ class Compressor(nn.Module):
         self.gate_proj = nn.Linear(d_model, width, bias=False)
         self.position_bias = nn.Parameter(torch.zeros(rate, width))
         self.kv_norm = RMSNorm(head_dim, eps=eps)
-        theta = 1.0 / rope_base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
-        self.rope = RotaryEmbedding.from_frequencies(theta, max_len, interleaved=True)
+        self.rope = rope_with_base(rope_dim, rope_base, max_len, interleaved=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The compressed entries of ``x`` ``(batch, seq, d_model)``: ``(batch, seq // rate, head_dim)``, float32."""
@@ -329,12 +326,6 @@ class V4AttentionConfig:
         """The fields above read from a Hugging Face ``DeepseekV4Config`` (or any object with these attributes)."""
         names = [f.name for f in fields(cls) if f.name != "max_len"]
         return cls(**{name: getattr(config, name) for name in names}, max_len=max_len)
-
-
-def _rope_tables(rope_dim: int, base: float, max_len: int) -> RotaryEmbedding:
-    """cos/sin tables for V4's interleaved RoPE on ``rope_dim`` features (only the tables are used here)."""
-    theta = 1.0 / base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
-    return RotaryEmbedding.from_frequencies(theta, max_len, interleaved=True)
 
 
 def _compressor_settings(c: V4AttentionConfig) -> dict:
@@ -440,7 +431,7 @@ class V4Attention(nn.Module):
         self.sinks = nn.Parameter(torch.zeros(c.num_attention_heads))
         self.compressor = None
         base = c.rope_theta if layer_type == "sliding_attention" else c.compress_rope_theta
-        self.rope = _rope_tables(c.qk_rope_head_dim, base, c.max_len)
+        self.rope = rope_with_base(c.qk_rope_head_dim, base, c.max_len, interleaved=True)
         if layer_type != "sliding_attention":
             sparse = layer_type == "compressed_sparse_attention"
             rate = c.compress_rates[layer_type]
