@@ -535,18 +535,22 @@ def attention_macs_per_token(kind: str, context: int) -> int:
     - ``"v4 hca"``: the window and all ``context // 128`` entries.
     """
     _check_positive_int("context", context)
-    mla = 128 * (512 + 64 + 512)
+    v3 = DeepSeekConfig.v3()
+    # absorbed MLA per cached token: scores on the latent and the RoPE key, then the weighted sum of latents
+    mla = v3.n_heads * (v3.kv_lora_rank + v3.qk_rope_head_dim + v3.kv_lora_rank)
+    v32 = V32_INDEXER
     v4 = V4_ATTENTION
     per_entry = v4["num_attention_heads"] * 2 * v4["head_dim"]
     window = min(v4["sliding_window"], context)
     indexer_v4 = v4["index_n_heads"] * v4["index_head_dim"]
+    csa_rate, hca_rate = v4["compress_rates"].values()
     if kind == "v3":
         return context * mla
     if kind == "v3.2":
-        return context * V32_INDEXER["index_n_heads"] * V32_INDEXER["index_head_dim"] + min(2048, context) * mla
+        return context * v32["index_n_heads"] * v32["index_head_dim"] + min(v32["index_topk"], context) * mla
     if kind == "v4 csa":
-        entries = context // 4
+        entries = context // csa_rate
         return (window + min(v4["index_topk"], entries)) * per_entry + entries * indexer_v4
     if kind == "v4 hca":
-        return (window + context // 128) * per_entry
+        return (window + context // hca_rate) * per_entry
     raise ValueError(f"kind must be 'v3', 'v3.2', 'v4 csa' or 'v4 hca', got {kind!r}")
