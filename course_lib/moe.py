@@ -253,8 +253,7 @@ class MoE(nn.Module):
                 raise ValueError("update_bias needs the load of a forward pass: call the layer first")
             load = self.last_load
         bias = self.gate.e_score_correction_bias
-        with torch.no_grad():
-            bias.copy_(update_bias(bias, load, gamma))
+        bias.copy_(update_bias(bias, load, gamma))
 
 
 def experts_from_hf(state: dict) -> dict:
