@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .exercises import exercise
-from .layers import RMSNorm, _check_positive_int
+from .layers import RMSNorm
 from .llama import Llama, LlamaBlock, LlamaConfig
+from .validation import check_positive_int as _check_positive_int
 
 #: DeepSeek-V3's MTP loss weight (arXiv:2412.19437, §4.2 "Training Hyper-Parameters"): 0.3 for the first 10T
 #: training tokens, 0.1 for the remaining 4.8T; and its number of MTP modules (D = 1).
