@@ -18,10 +18,11 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 from conftest import REPO
@@ -46,11 +47,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
 try:
-    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 except ImportError:
     sync_playwright = None
-    PlaywrightError = Exception
 
 
 def _playwright():
@@ -112,16 +111,27 @@ class Reader:
         page.on("console", lambda msg: msg.type == "error" and self.problems.append(f"console error: {msg.text}"))
         page.on("pageerror", lambda err: self.problems.append(f"script error: {err}"))
         page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
+        # Read before the page opens: once a redirect has moved on, its body is gone from the browser.
+        target = redirect_target(self.context.request.get(url).text())
         page.goto(url, wait_until="load")
-        try:
-            page.evaluate(SETTLED)
-        except PlaywrightError:  # a redirect (the root index.html) moved on: settle on the page it led to
-            page.wait_for_load_state("load")
-            page.evaluate(SETTLED)
+        if target is not None:
+            # A redirect page (the root index.html): evaluating on it races the navigation it starts
+            # (the context is destroyed under the script), so wait until the page it names has loaded.
+            page.wait_for_url(urljoin(url, target), wait_until="load")
+        page.evaluate(SETTLED)
         return page
 
     def close(self) -> None:
         self.context.close()
+
+
+REFRESH = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["']\s*\d+\s*;\s*url=([^"']+)["']""", re.I)
+
+
+def redirect_target(html: str) -> str | None:
+    """Where a page's ``<meta http-equiv="refresh">`` sends the reader, or None for a page of its own."""
+    found = REFRESH.search(html)
+    return found.group(1).strip() if found else None
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +309,10 @@ def test_launch_buttons_are_one_setting():
         course_book._configure(None, sphinx)
         assert {k: v for k, v in options["launch_buttons"].items() if k in course_book.LAUNCH_SERVICES} == expected
         assert sphinx.html_context["default_mode"] == "auto"
+
+
+def test_a_redirect_page_is_recognised():
+    """The root index.html jupyter-book writes only refreshes to the first page: the reader waits for that page."""
+    assert redirect_target('<meta http-equiv="Refresh" content="0; url=intro.html" />') == "intro.html"
+    assert redirect_target("<meta http-equiv='refresh' content='0;url=book/ch01.html'>") == "book/ch01.html"
+    assert redirect_target('<meta charset="utf-8"><p>url=intro.html</p>') is None
