@@ -132,11 +132,12 @@ def get_batch(ids, batch_size: int, context_length: int, generator=None):
     """
     import torch
 
+    from .validation import check_positive_int  # imports torch: not at the top of this light module
+
     if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.dtype.is_floating_point:
         raise ValueError(f"ids must be a 1-D integer tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
-    for name, value in (("batch_size", batch_size), ("context_length", context_length)):
-        if type(value) is not int or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("context_length", context_length)
     if ids.numel() <= context_length:
         raise ValueError(
             f"ids has {ids.numel()} tokens; a window of context_length={context_length} "
