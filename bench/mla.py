@@ -21,7 +21,7 @@ import argparse
 
 
 def config(heads: int, context: int) -> DeepSeekConfig:
-    return DeepSeekConfig.v3(d_model=1024, n_heads=heads, q_lora_rank=384, context_length=context)
+    return DeepSeekConfig.v3(d_model=1024, n_heads=heads, q_lora_rank=384, context_length=context, yarn=None)
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from .yarn import YaRN
+
 #: The fields of Hugging Face's ``DeepseekV3Config`` (and of DeepSeek's ``config.json`` files) that
 #: each :class:`DeepSeekConfig` field corresponds to.
 HF_NAMES = {
@@ -94,12 +96,15 @@ class DeepSeekConfig:
         norm_eps: the RMSNorms' ``eps`` (1e-6).
         rope_interleaved: whether RoPE rotates adjacent pairs (DeepSeek's layout, Chapter 7) rather
             than the two halves.
+        yarn: a :class:`~course_lib.yarn.YaRN` when the context is stretched beyond pre-training (V3: 40 times
+            4,096 positions; Chapter 15), else ``None`` (plain RoPE).
 
     Raises:
         ValueError: for a size that is not a positive ``int``; a rank not smaller than ``d_model``
             (a "compression" that does not compress); an odd ``qk_rope_head_dim``; top-k larger than
             the routed experts; groups that do not divide the routed experts; kept groups that
-            cannot supply top-k experts; more dense layers than layers; an unknown ``score_func``.
+            cannot supply top-k experts; more dense layers than layers; an unknown ``score_func``; a
+            ``yarn`` that is not a ``YaRN`` or ``None``.
     """
 
     vocab_size: int
@@ -127,6 +132,7 @@ class DeepSeekConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     rope_interleaved: bool = True
+    yarn: YaRN | None = None
 
     def __post_init__(self):
         for name in (
@@ -193,6 +199,8 @@ class DeepSeekConfig:
         for name in ("norm_topk_prob", "rope_interleaved"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.yarn is not None and not isinstance(self.yarn, YaRN):
+            raise ValueError(f"yarn must be a course_lib.yarn.YaRN or None, got {type(self.yarn).__name__}")
 
     # ---- derived sizes ---------------------------------------------------------------
 
@@ -220,7 +228,8 @@ class DeepSeekConfig:
     def v3(cls, **overrides) -> DeepSeekConfig:
         """DeepSeek-V3 (671B): the V3 report's §4.2 hyper-parameters and its released ``config.json``
         (the defaults of Hugging Face's ``DeepseekV3Config``). ``context_length`` is the released
-        163,840 positions (4,096 in pre-training, extended with YaRN, which this course omits)."""
+        163,840 positions: 4,096 in pre-training, stretched 40 times with YaRN (its ``rope_scaling``,
+        §4.3 of the report; Chapter 15). Pass ``yarn=None`` for plain RoPE in a small variant."""
         fields = dict(
             vocab_size=129280,
             d_model=7168,
@@ -244,6 +253,9 @@ class DeepSeekConfig:
             norm_topk_prob=True,
             n_dense_layers=3,
             n_mtp_layers=1,
+            yarn=YaRN(
+                factor=40.0, original_context=4096, beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0
+            ),
         )
         return cls(**{**fields, **overrides})
 
@@ -322,7 +334,10 @@ class DeepSeekConfig:
             raise ValueError("Hugging Face's DeepseekV3Config routes with sigmoid scores; this config uses softmax")
         kwargs = {HF_NAMES[name]: value for name, value in asdict(self).items() if name in HF_NAMES}
         kwargs["num_key_value_heads"] = self.n_heads
-        kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(self.rope_base)}
+        if self.yarn is None:
+            kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(self.rope_base)}
+        else:
+            kwargs["rope_parameters"] = self.yarn.hf_parameters(self.rope_base)
         kwargs["hidden_act"] = "silu"
         kwargs["attention_bias"] = False
         kwargs["tie_word_embeddings"] = False
@@ -332,16 +347,17 @@ class DeepSeekConfig:
     def from_hf(cls, hf: dict) -> DeepSeekConfig:
         """The configuration a Hugging Face / DeepSeek ``config.json`` describes (a dict).
 
-        Raises ``ValueError`` for a feature the course's model does not implement: a RoPE scaling
-        such as YaRN, biases on the attention projections, or a scoring function other than
-        sigmoid/softmax.
+        A ``rope_scaling`` (or ``rope_parameters``) of type ``"yarn"`` becomes :attr:`yarn`. Raises
+        ``ValueError`` for a feature the course's model does not implement: another RoPE scaling
+        (linear, dynamic NTK, LongRoPE, Llama 3's), biases on the attention projections, or a scoring
+        function other than sigmoid/softmax.
         """
         if not isinstance(hf, dict):
             raise ValueError(f"expected the config.json contents as a dict, got {type(hf).__name__}")
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind not in ("default", None):
-            raise ValueError(f"RoPE scaling {kind!r} is not implemented by the course")
+        if kind not in ("default", "yarn", None):
+            raise ValueError(f"RoPE scaling {kind!r} is not implemented by the course (YaRN is)")
         if hf.get("attention_bias"):
             raise ValueError("attention projections with biases are not implemented by the course")
         fields = {}
@@ -356,6 +372,8 @@ class DeepSeekConfig:
         fields.setdefault("n_mtp_layers", 0)
         fields["rope_base"] = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
         fields["score_func"] = hf.get("scoring_func", "sigmoid")
+        if kind == "yarn":
+            fields["yarn"] = YaRN.from_hf(rope, context_length=hf.get("max_position_embeddings"))
         return cls(**fields)
 
 

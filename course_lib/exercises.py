@@ -46,6 +46,7 @@ EXERCISE_MODULES = (
     "ring",
     "sparse_attention",
     "hyper_connections",
+    "yarn",
 )
 
 SOLUTIONS_ENV = "COURSE_LIB_SOLUTIONS"

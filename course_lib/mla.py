@@ -41,6 +41,7 @@ from .memory import kv_cache_bytes
 from .rope import RotaryEmbedding
 from .validation import check_positive_int as _check_positive_int
 from .validation import describe as _describe
+from .yarn import YaRN
 
 
 def _check_config(config) -> None:
@@ -237,12 +238,21 @@ class ExpandedCache(_PairCache):
 # --------------------------------------------------------------------------------------
 
 
-def rope_with_base(rope_dim: int, base: float, max_len: int, interleaved: bool) -> RotaryEmbedding:
+def rope_with_base(rope_dim: int, base: float, max_len: int, interleaved: bool, yarn: YaRN | None = None):
     """RoPE on ``rope_dim`` features with Hugging Face's ``inv_freq`` for ``base``: Chapter 7's frequencies, computed
     here rather than by Exercise 7.1, so that the chapters from here on (MLA, V3.2's indexer, V4's layers) can build
-    their modules whatever that exercise does."""
-    theta = 1.0 / base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
+    their modules whatever that exercise does.
+
+    With ``yarn`` (a :class:`~course_lib.yarn.YaRN`), the frequencies are YaRN's (Exercise 15.5, Chapter 15) and the
+    cos and sin tables are multiplied by its ``table_factor``, as Hugging Face's rotary embeddings do (1 for V3)."""
+    if yarn is None:
+        theta = 1.0 / base ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)
+    else:
+        theta = yarn.frequencies(rope_dim, base)
     rope = RotaryEmbedding.from_frequencies(theta, max_len, interleaved=interleaved)
+    if yarn is not None and yarn.table_factor != 1.0:
+        rope.cos.mul_(yarn.table_factor)
+        rope.sin.mul_(yarn.table_factor)
     rope.base = base  # what the frequencies were computed from, for its repr
     return rope
 
@@ -253,8 +263,8 @@ class MultiHeadLatentAttention(nn.Module):
     Args:
         config: a :class:`~course_lib.deepseek.DeepSeekConfig`; this reads ``d_model``, ``n_heads``,
             ``q_lora_rank``, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``,
-            ``context_length``, ``rope_base``, ``rope_interleaved`` and ``norm_eps``. (The config refuses ranks
-            not smaller than ``d_model`` and an odd ``qk_rope_head_dim``.)
+            ``context_length``, ``rope_base``, ``rope_interleaved``, ``yarn`` and ``norm_eps``. (The config refuses
+            ranks not smaller than ``d_model`` and an odd ``qk_rope_head_dim``.)
 
     Attributes (Hugging Face's ``DeepseekV3Attention`` names; no biases, as in V3):
         q_proj: ``nn.Linear(d_model, n_heads * qk_head_dim)``, only when ``q_lora_rank is None``; otherwise
@@ -271,10 +281,12 @@ class MultiHeadLatentAttention(nn.Module):
         rope: a ``rope.RotaryEmbedding`` of ``qk_rope_head_dim`` features, ``context_length`` positions, the
             config's ``rope_base`` and pairing (``rope_interleaved``); its tables are buffers outside the state dict.
         config, n_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim,
-        qk_head_dim (``nope + rope``) and scale (``qk_head_dim ** -0.5``).
+        qk_head_dim (``nope + rope``) and scale (``qk_head_dim ** -0.5``, times ``yarn.softmax_factor`` with YaRN).
 
     The RMSNorms' ``eps`` is ``config.norm_eps``; Hugging Face's and DeepSeek's code fix it at 1e-6, the
-    configs' value. Positions past ``context_length`` are refused: the YaRN extension of V3 is not implemented.
+    configs' value. Positions past ``context_length`` are refused. With ``config.yarn`` (V3's stretched context,
+    Chapter 15) the RoPE tables are YaRN's and the scale is multiplied by its softmax factor, as in Hugging Face's
+    ``DeepseekV3Attention``.
     """
 
     def __init__(self, config: DeepSeekConfig):
@@ -290,6 +302,8 @@ class MultiHeadLatentAttention(nn.Module):
         )
         self.qk_head_dim = c.qk_head_dim
         self.scale = self.qk_head_dim**-0.5  # the query and key are nope + rope wide
+        if c.yarn is not None:  # YaRN's temperature on every score (V3: 1.874; Chapter 15)
+            self.scale *= c.yarn.softmax_factor
         d, h = c.d_model, c.n_heads
         if c.q_lora_rank is None:
             self.q_proj = nn.Linear(d, h * c.qk_head_dim, bias=False)
@@ -301,7 +315,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps=c.norm_eps)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
         self.o_proj = nn.Linear(h * c.v_head_dim, d, bias=False)
-        self.rope = rope_with_base(c.qk_rope_head_dim, c.rope_base, c.context_length, c.rope_interleaved)
+        self.rope = rope_with_base(c.qk_rope_head_dim, c.rope_base, c.context_length, c.rope_interleaved, c.yarn)
 
     def extra_repr(self) -> str:
         return (

@@ -27,8 +27,8 @@ compressed sparse attention; ``m' = 128`` without an indexer: heavily compressed
 
 Simplifications (the chapter states them): no FP8 and no Hadamard rotation in the indexer (DeepSeek's code
 quantizes the indexer's queries and keys to FP8 after a Hadamard transform; an orthogonal rotation keeps the
-dot products, and FP8 only rounds them), no YaRN, no cache for decoding in the sparse layers (a prompt is
-processed whole), and the V4 compressor without its decoding state.
+dot products, and FP8 only rounds them), no YaRN in V4's layers (V3.2's use V3's, through the config), no cache for
+decoding in the sparse layers (a prompt is processed whole), and the V4 compressor without its decoding state.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ class LightningIndexer(nn.Module):
 
     Args:
         config: a :class:`~course_lib.deepseek.DeepSeekConfig` with query compression (``q_lora_rank``); this
-            reads ``d_model``, ``q_lora_rank``, ``qk_rope_head_dim``, ``context_length`` and ``rope_base``.
+            reads ``d_model``, ``q_lora_rank``, ``qk_rope_head_dim``, ``context_length``, ``rope_base`` and ``yarn``
+            (the indexer's RoPE is the model's, YaRN included; its scores get no YaRN temperature).
         n_heads, head_dim, top_k: the indexer's sizes (V3.2: 64, 128, 2,048; :data:`V32_INDEXER`).
 
     Attributes:
@@ -163,7 +164,9 @@ class LightningIndexer(nn.Module):
         self.wk = nn.Linear(config.d_model, head_dim, bias=False)
         self.k_norm = nn.LayerNorm(head_dim, eps=1e-6)
         self.weights_proj = nn.Linear(config.d_model, n_heads, bias=False)
-        self.rope = rope_with_base(config.qk_rope_head_dim, config.rope_base, config.context_length, interleaved=False)
+        self.rope = rope_with_base(
+            config.qk_rope_head_dim, config.rope_base, config.context_length, interleaved=False, yarn=config.yarn
+        )
 
     def forward(self, x: torch.Tensor, q_resid: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and top-k indices for a prompt ``x`` ``(batch, seq, d_model)`` at positions ``offset ...``,

@@ -7,7 +7,17 @@ never from the references.
 """
 
 from course_lib.checks import seeded_randn
-from course_lib.checks.ch15 import NEG, _close_state, _empty_state, _expected_state, _merge_blocks, _ring_state, _sdpa
+from course_lib.checks.ch15 import (
+    NEG,
+    _close_frequencies,
+    _close_state,
+    _empty_state,
+    _expected_state,
+    _merge_blocks,
+    _ring_state,
+    _sdpa,
+    _yarn_expected,
+)
 
 import math
 
@@ -364,3 +374,59 @@ def sinkhorn_rejects_bad_arguments_hidden(t):
         t.raises(ValueError, lib.sinkhorn_knopp, torch.zeros(2, 2), n_iters)
     for eps in (math.nan, math.inf, True, "0.1"):
         t.raises(ValueError, lib.sinkhorn_knopp, torch.zeros(2, 2), 3, eps)
+
+
+# -- 15.5 yarn_frequencies --------------------------------------------------------------------------
+
+
+@hidden_test("15.5")
+def yarn_many_settings(t):
+    """heads of 2 to 128 features, bases 10,000 to 1e6, factors 1.5 to 40, contexts 37 to 8,192, odd betas"""
+    lib = t.learner("yarn")
+    for args in (
+        (2, 10000.0, 4.0, 4096),
+        (18, 10000.0, 1.5, 2048),
+        (128, 500000.0, 8.0, 8192),
+        (64, 1.0e6, 40.0, 37),
+        (30, 10000.0, 16.0, 4096, 64.0, 0.25),
+        (64, 10000.0, 40.0, 4096, 16.0, 2.0),
+    ):
+        _close_frequencies(t, lib.yarn_frequencies(*args), _yarn_expected(*args), f"yarn_frequencies{args}")
+
+
+@hidden_test("15.5")
+def yarn_ramp_clamped_and_of_no_width(t):
+    """a context of 1 or 5 positions: both ends clamped to pair 0, the ramp 0.001 wide (no 0 / 0); 9 positions"""
+    lib = t.learner("yarn")
+    for args in ((8, 10000.0, 4.0, 5), (8, 10000.0, 4.0, 1), (12, 10000.0, 3.0, 9)):
+        f = lib.yarn_frequencies(*args)
+        t.true(bool(torch.isfinite(f).all()), f"yarn_frequencies{args} must be finite everywhere")
+        _close_frequencies(t, f, _yarn_expected(*args), f"yarn_frequencies{args}")
+
+
+@hidden_test("15.5")
+def yarn_defaults_types_and_shape(t):
+    """betas default to 32 and 1; an int base and factor work; float32 of shape (dim // 2,); factor 1 is RoPE"""
+    lib = t.learner("yarn")
+    f = lib.yarn_frequencies(64, 10000, 40, 4096)
+    t.true(f.dtype == F32 and tuple(f.shape) == (32,), "the result must be float32 of shape (dim // 2,)")
+    _close_frequencies(t, f, _yarn_expected(64, 10000.0, 40.0, 4096, 32.0, 1.0), "default betas, int base and factor")
+    theta = torch.tensor([500000.0 ** (-2 * i / 22) for i in range(11)], dtype=F64).float()
+    _close_frequencies(t, lib.yarn_frequencies(22, 500000.0, 1.0, 64, 8.0, 2.0), theta, "factor 1")
+
+
+@hidden_test("15.5", inputs=True)
+def yarn_rejects_bad_arguments_hidden(t):
+    """ValueError for dim True, 0, -4 and 8.0; base nan, inf and '1e4'; factor True and inf; original_context True and
+    16.0; beta_slow 0, beta_fast equal to beta_slow, and a beta of nan"""
+    lib = t.learner("yarn")
+    for dim in (True, 0, -4, 8.0):
+        t.raises(ValueError, lib.yarn_frequencies, dim, 10000.0, 4.0, 16)
+    for base in (math.nan, math.inf, "1e4"):
+        t.raises(ValueError, lib.yarn_frequencies, 8, base, 4.0, 16)
+    for factor in (True, math.inf):
+        t.raises(ValueError, lib.yarn_frequencies, 8, 10000.0, factor, 16)
+    for original in (True, 16.0):
+        t.raises(ValueError, lib.yarn_frequencies, 8, 10000.0, 4.0, original)
+    for betas in ((32.0, 0.0), (2.0, 2.0), (math.nan, 1.0)):
+        t.raises(ValueError, lib.yarn_frequencies, 8, 10000.0, 4.0, 16, *betas)

@@ -1,6 +1,7 @@
 """DeepSeek's configuration and parameter counts against the published figures and Hugging Face's model."""
 
 from course_lib.deepseek import DeepSeek, DeepSeekConfig, count_parameters, parameter_breakdown
+from course_lib.yarn import YaRN
 
 import pytest
 import torch
@@ -37,8 +38,27 @@ def test_v3_shapes_are_the_reports():
     assert (v3.n_routed_experts, v3.n_shared_experts, v3.n_activated_experts, v3.moe_d_ff) == (256, 1, 8, 2048)
     assert (v3.n_groups, v3.n_limited_groups, v3.route_scale, v3.n_dense_layers, v3.d_ff) == (8, 4, 2.5, 3, 18432)
     assert v3.qk_head_dim == 192 and v3.n_moe_layers == 58 and v3.n_mtp_layers == 1
-    # The default DeepseekV3Config is V3's released configuration: the same fields.
-    assert DeepSeekConfig.from_hf(DeepseekV3Config().to_dict()) == v3.replace(context_length=4096)
+    # The default DeepseekV3Config is V3's released configuration without its context extension: the same fields.
+    assert DeepSeekConfig.from_hf(DeepseekV3Config().to_dict()) == v3.replace(context_length=4096, yarn=None)
+    # The released config.json (deepseek-ai/DeepSeek-V3) stretches 4,096 positions 40 times with YaRN.
+    released = {
+        **DeepseekV3Config().to_dict(),
+        "max_position_embeddings": 163840,
+        "rope_theta": 10000,
+        "rope_scaling": {
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "factor": 40,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 4096,
+            "type": "yarn",
+        },
+    }
+    released.pop("rope_parameters", None)
+    assert DeepSeekConfig.from_hf(released) == v3
+    assert v3.context_length == v3.yarn.factor * v3.yarn.original_context
+    assert round(v3.yarn.softmax_factor, 4) == 1.8739 and v3.yarn.table_factor == 1.0
 
 
 def test_v2_matches_its_report():
@@ -75,8 +95,9 @@ def test_mtp_modules_and_active_counts():
     assert parts["mtp_extra"] == 48 + 48 + 96 * 48 + 48
 
 
-def test_hugging_face_round_trip():
-    config = DeepSeekConfig.tiny(rope_base=500000.0, n_mtp_layers=2)
+@pytest.mark.parametrize("yarn", [None, YaRN(factor=4.0, original_context=16, mscale=1.0, mscale_all_dim=0.5)])
+def test_hugging_face_round_trip(yarn):
+    config = DeepSeekConfig.tiny(rope_base=500000.0, n_mtp_layers=2, yarn=yarn)
     hf = DeepseekV3Config(**config.hf_kwargs())
     assert DeepSeekConfig.from_hf(hf.to_dict()) == config
 
@@ -104,8 +125,17 @@ def test_bad_configs_are_refused_clearly(overrides, message):
 
 def test_from_hf_refuses_what_the_course_does_not_implement():
     hf = DeepseekV3Config(**DeepSeekConfig.tiny().hf_kwargs()).to_dict()
-    with pytest.raises(ValueError, match="yarn"):
-        DeepSeekConfig.from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 40.0, "rope_theta": 1e4}})
+    with pytest.raises(ValueError, match="'linear' is not implemented"):
+        DeepSeekConfig.from_hf({**hf, "rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}})
+    yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4, "original_max_position_embeddings": 16}
+    with pytest.raises(ValueError, match="attention_factor is not implemented"):
+        DeepSeekConfig.from_hf({**hf, "rope_parameters": {**yarn, "attention_factor": 1.2}})
+    with pytest.raises(ValueError, match="truncate: false"):
+        DeepSeekConfig.from_hf({**hf, "rope_parameters": {**yarn, "truncate": False}})
+    with pytest.raises(ValueError, match="needs original_max_position_embeddings"):
+        DeepSeekConfig.from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(ValueError, match=r"yarn must be a course_lib\.yarn\.YaRN or None, got dict"):
+        DeepSeekConfig.tiny(yarn={"factor": 4.0})
     with pytest.raises(ValueError, match="biases"):
         DeepSeekConfig.from_hf({**hf, "attention_bias": True})
     with pytest.raises(ValueError, match="dict"):
@@ -118,6 +148,7 @@ FULL_MODEL_SHAPES = [
     {},  # one dense layer, two MoE layers, compressed queries
     {"q_lora_rank": None, "n_shared_experts": 2, "n_dense_layers": 0, "rope_base": 500000.0},
     {"n_shared_experts": 0, "n_groups": 1, "n_limited_groups": 1, "n_activated_experts": 5, "d_model": 40},
+    {"yarn": YaRN(factor=4.0, original_context=16, mscale=1.0, mscale_all_dim=1.0)},  # V3's context extension
 ]
 
 

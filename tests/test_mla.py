@@ -14,6 +14,7 @@ from course_lib import mla
 from course_lib.deepseek import DeepSeekConfig
 from course_lib.llama import LlamaConfig
 from course_lib.memory import kv_cache_bytes
+from course_lib.yarn import YaRN
 
 import pytest
 import torch
@@ -30,6 +31,9 @@ ODD = (
     dict(rope_interleaved=False),
     dict(q_lora_rank=None, rope_interleaved=False, n_heads=5, qk_nope_head_dim=7, qk_rope_head_dim=4, v_head_dim=3),
     dict(n_heads=1, kv_lora_rank=9, q_lora_rank=13, qk_rope_head_dim=2, rope_base=500000.0),
+    # YaRN as V3 sets it (a softmax factor, tables unscaled), and with only mscale set (tables scaled instead)
+    dict(yarn=YaRN(factor=4.0, original_context=16, mscale=1.0, mscale_all_dim=1.0), qk_rope_head_dim=10),
+    dict(yarn=YaRN(factor=6.5, original_context=11, beta_fast=8.0, beta_slow=0.5, mscale=0.7), rope_interleaved=False),
 )
 
 

@@ -2,7 +2,8 @@
 
 Expected values come from PyTorch itself: ``torch.nn.functional.scaled_dot_product_attention`` with an explicit
 boolean mask (causal, sliding window, or the causal rule between two blocks of a ring), and
-``torch.softmax``/``torch.logsumexp`` over the scores written out — never from the references.
+``torch.softmax``/``torch.logsumexp`` over the scores written out; YaRN's frequencies from the paper's rule written
+out in float64 (``tests/test_yarn.py`` shows the rule equal to Hugging Face's) — never from the references.
 """
 
 from course_lib.checks import seeded_randn
@@ -267,3 +268,60 @@ def sinkhorn_rejects_bad_arguments(t):
     for n_iters in (0, True, 2.0):
         t.raises(ValueError, lib.sinkhorn_knopp, torch.zeros(3, 3), n_iters)
     t.raises(ValueError, lib.sinkhorn_knopp, torch.zeros(3, 3), 5, -1.0)
+
+
+# -- 15.5 yarn_frequencies --------------------------------------------------------------------------
+
+
+def _yarn_expected(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0):
+    """YaRN's "by parts" frequencies (Peng et al., 2023, §3.2) with Hugging Face's whole-number ramp ends, float32."""
+    theta = torch.tensor([float(base) ** (-2 * i / dim) for i in range(dim // 2)], dtype=F64)
+
+    def pair_turning(turns):  # the real pair index x with original * base ** (-2x / dim) = 2π turns
+        return dim / 2 * math.log(original / (2 * math.pi * turns)) / math.log(base)
+
+    low = max(math.floor(pair_turning(beta_fast)), 0)
+    high = min(math.ceil(pair_turning(beta_slow)), dim - 1)
+    width = (high - low) or 0.001
+    gamma = ((torch.arange(dim // 2, dtype=F64) - low) / width).clamp(0, 1)  # the share interpolated
+    return (theta * (1 - gamma) + theta / factor * gamma).float()
+
+
+def _close_frequencies(t, actual, expected, what):
+    t.close(actual, expected, atol=0.0, rtol=2e-6, what=what)
+
+
+@visible_check("15.5")
+def yarn_v3_settings(t):
+    """V3's RoPE (64 features, base 10,000, 40 × 4,096 positions): pairs 0-10 keep θ, pairs 23-31 get θ / 40"""
+    f = t.learner("yarn").yarn_frequencies(64, 10000.0, 40.0, 4096)
+    expected = _yarn_expected(64, 10000.0, 40.0, 4096)
+    _close_frequencies(t, f, expected, "V3's frequencies")
+    theta = torch.tensor([10000.0 ** (-2 * i / 64) for i in range(32)], dtype=F64).float()
+    _close_frequencies(t, f[:11], theta[:11], "pairs 0-10, which turn more than 32 times in 4,096 positions")
+    _close_frequencies(t, f[23:], theta[23:] / 40, "pairs 23-31, which turn less than once")
+
+
+@visible_check("15.5")
+def yarn_odd_settings(t):
+    """10 features, base 500,000, factor 6.5, 37 positions, betas 16 and 0.5; and factor 1 changes nothing"""
+    lib = t.learner("yarn")
+    _close_frequencies(
+        t,
+        lib.yarn_frequencies(10, 500000.0, 6.5, 37, 16.0, 0.5),
+        _yarn_expected(10, 500000.0, 6.5, 37, 16.0, 0.5),
+        "odd",
+    )
+    theta = torch.tensor([10000.0 ** (-2 * i / 18) for i in range(9)], dtype=F64).float()
+    _close_frequencies(t, lib.yarn_frequencies(18, 10000.0, 1.0, 300), theta, "factor 1: RoPE's own frequencies")
+
+
+@visible_check("15.5", inputs=True)
+def yarn_rejects_bad_arguments(t):
+    """dim 7, base 1, factor 0.5, original_context 0 and betas 1 > 32 raise ValueError"""
+    lib = t.learner("yarn")
+    t.raises(ValueError, lib.yarn_frequencies, 7, 10000.0, 4.0, 16)
+    t.raises(ValueError, lib.yarn_frequencies, 8, 1.0, 4.0, 16)
+    t.raises(ValueError, lib.yarn_frequencies, 8, 10000.0, 0.5, 16)
+    t.raises(ValueError, lib.yarn_frequencies, 8, 10000.0, 4.0, 0)
+    t.raises(ValueError, lib.yarn_frequencies, 8, 10000.0, 4.0, 16, 1.0, 32.0)
