@@ -238,7 +238,9 @@ class ExpandedCache(_PairCache):
 # --------------------------------------------------------------------------------------
 
 
-def rope_with_base(rope_dim: int, base: float, max_len: int, interleaved: bool, yarn: YaRN | None = None):
+def rope_with_base(
+    rope_dim: int, base: float, max_len: int, interleaved: bool, yarn: YaRN | None = None
+) -> RotaryEmbedding:
     """RoPE on ``rope_dim`` features with Hugging Face's ``inv_freq`` for ``base``: Chapter 7's frequencies, computed
     here rather than by Exercise 7.1, so that the chapters from here on (MLA, V3.2's indexer, V4's layers) can build
     their modules whatever that exercise does.
