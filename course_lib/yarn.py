@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .exercises import exercise
+from .validation import check_positive_int
 
 __all__ = ["YaRN", "yarn_frequencies", "yarn_mscale"]
 
@@ -112,8 +113,7 @@ class YaRN:
 
     def __post_init__(self):
         _number("factor", self.factor, 1.0, strict=False)
-        if type(self.original_context) is not int or self.original_context < 1:
-            raise ValueError(f"original_context must be a positive int, got {self.original_context!r}")
+        check_positive_int("original_context", self.original_context)
         _number("beta_slow", self.beta_slow, 0.0)
         _number("beta_fast", self.beta_fast, self.beta_slow)
         _number("mscale", self.mscale, 0.0, strict=False)

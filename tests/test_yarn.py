@@ -101,9 +101,10 @@ def test_table_and_softmax_factors_are_hugging_faces(mscale, mscale_all_dim, cap
         config = hf_config(10, 1e4, 6.5, 16, mscale=mscale, mscale_all_dim=mscale_all_dim)
         _, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config)
     assert settings.table_factor == pytest.approx(attention_factor, rel=1e-15)
-    config = DeepseekV3Config(**DeepSeekConfig.tiny(yarn=settings, qk_rope_head_dim=10).hf_kwargs())
+    tiny = DeepSeekConfig.tiny(yarn=settings, qk_rope_head_dim=10)
+    config = DeepseekV3Config(**tiny.hf_kwargs())
     hf_scale = DeepseekV3Attention(config, layer_idx=0).scaling
-    ours = MultiHeadLatentAttention(DeepSeekConfig.tiny(yarn=settings, qk_rope_head_dim=10))
+    ours = MultiHeadLatentAttention(tiny)
     assert ours.scale == pytest.approx(hf_scale, rel=1e-15)
     # The tables: Hugging Face's cos and sin at every position, in the course's split-halves layout.
     hf_rope = DeepseekV3RotaryEmbedding(config)
